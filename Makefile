@@ -1,0 +1,50 @@
+# Two commands: `make run` and `make test`. Each sets up what it needs on a machine
+# with only Python 3.11 and pip: uv (pinned) in .tools/, the locked environment in
+# .venv/ (from uv.lock), and espeak-ng from Debian when missing and we are root.
+SHELL := /bin/bash
+PYTHON ?= python3
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+UV_VERSION := 0.13.8
+VENV := .venv
+PY := $(VENV)/bin/python
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+WAV ?= ../shared/audio/jfk_8k.wav
+SERVER ?=
+
+.PHONY: setup run test call clean espeak-ng
+
+setup: $(VENV)/.synced espeak-ng
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.synced: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --python "$$($(PYTHON) -c 'import sys; print(sys.executable)')"
+	@touch $@
+
+espeak-ng:
+	@command -v espeak-ng >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing espeak-ng from Debian"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
+	  else \
+	    echo "espeak-ng is missing: install it with 'sudo apt-get install espeak-ng'" >&2; exit 1; \
+	  fi; }
+
+## Start the server (offline agent when no provider key is set).
+run: setup
+	$(PY) server.py
+
+## Run every test, offline.
+test: setup
+	$(PY) -m pytest
+
+## Call a running server like Twilio would: make call WAV=../shared/audio/jfk_8k.wav [SERVER=http://127.0.0.1:8000]
+call: setup
+	$(PY) -m offline.caller --wav $(WAV) $(if $(SERVER),--server $(SERVER),)
+
+clean:
+	rm -rf $(TOOLS) $(VENV) .pytest_cache

@@ -1,0 +1,163 @@
+"""Configuration, read from environment variables and an optional ``.env`` file.
+
+Every variable is documented in ``README.md`` and ``.env.example``. A bad configuration
+stops the server at start with a :class:`ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import cached_property
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Provider = Literal["gemini", "openai", "local"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message names the variable to fix."""
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether a bind host is only reachable from this machine.
+
+    Args:
+        host: A host name or IP address, e.g. ``127.0.0.1``, ``::1``, ``localhost``.
+
+    Returns:
+        True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1).
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """The server's settings. Field names are the environment variable names.
+
+    Raises:
+        ConfigError: On construction, when the combination cannot work (see
+            :meth:`check`).
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    HOST: str = "127.0.0.1"
+    PORT: int = Field(default=8000, ge=0, le=65535)
+    PUBLIC_BASE_URL: str | None = None
+
+    TWILIO_ACCOUNT_SID: str | None = None
+    TWILIO_AUTH_TOKEN: SecretStr | None = None
+    TWILIO_API_BASE_URL: str | None = None  # e.g. a local fake of api.twilio.com in tests
+
+    AGENT_PROVIDER: Provider | None = None
+    GOOGLE_API_KEY: SecretStr | None = None
+    OPENAI_API_KEY: SecretStr | None = None
+    GEMINI_BASE_URL: str | None = None
+    OPENAI_REALTIME_BASE_URL: str = "wss://api.openai.com/v1/realtime"
+    OPENAI_REALTIME_MODEL: str = "gpt-realtime"
+    GEMINI_MODEL: str = "models/gemini-2.5-flash-native-audio-preview-09-2025"
+    LOCAL_AGENT_BASE_URL: str | None = None  # an already running offline agent; else one is started
+    LOCAL_AGENT_DELAY_MS: int = Field(default=0, ge=0)
+
+    AGENT_INSTRUCTIONS: str = (
+        "You are the friendly front-desk agent of the Grand Harbor Hotel, answering the phone. "
+        "Greet the caller, find out what they need, and help them with bookings. "
+        "Keep every answer short and spoken: one or two sentences, no lists or markup."
+    )
+    AGENT_GREETING_PROMPT: str = "A caller has just been connected. Greet them and ask how you can help."
+    VAD_STOP_SECS: float = Field(default=0.2, gt=0, le=2.0)
+    USER_TURN_TIMEOUT_SECS: float = Field(default=0.6, gt=0, le=5.0)
+
+    CALLS_DB_PATH: str = "calls.db"
+    LOG_LEVEL: str = "INFO"
+
+    @model_validator(mode="after")
+    def check(self) -> "Settings":
+        """Refuse combinations that cannot work, naming the variable.
+
+        Raises:
+            ConfigError: ``AGENT_PROVIDER=gemini`` without ``GOOGLE_API_KEY``,
+                ``AGENT_PROVIDER=openai`` without ``OPENAI_API_KEY``, a non-loopback
+                ``HOST`` without ``TWILIO_AUTH_TOKEN``, or a ``PUBLIC_BASE_URL`` that
+                is not an http(s) origin.
+        """
+        if self.provider == "gemini" and not self.GOOGLE_API_KEY:
+            raise ConfigError("AGENT_PROVIDER=gemini needs GOOGLE_API_KEY to be set")
+        if self.provider == "openai" and not self.OPENAI_API_KEY:
+            raise ConfigError("AGENT_PROVIDER=openai needs OPENAI_API_KEY to be set")
+        if not is_loopback(self.HOST) and not self.TWILIO_AUTH_TOKEN:
+            raise ConfigError(
+                f"HOST={self.HOST} is reachable from other machines: set TWILIO_AUTH_TOKEN so "
+                "webhooks are signature-checked, or bind HOST=127.0.0.1"
+            )
+        if self.PUBLIC_BASE_URL:
+            parts = urlsplit(self.PUBLIC_BASE_URL)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ConfigError(
+                    f"PUBLIC_BASE_URL must be an http(s) origin like https://abc.ngrok.app, "
+                    f"got {self.PUBLIC_BASE_URL!r}"
+                )
+        return self
+
+    @cached_property
+    def provider(self) -> Provider:
+        """The speech-to-speech provider: ``AGENT_PROVIDER``, else the first with a key.
+
+        Returns:
+            ``gemini`` if ``GOOGLE_API_KEY`` is set, else ``openai`` if
+            ``OPENAI_API_KEY`` is set, else ``local`` (the offline agent).
+        """
+        if self.AGENT_PROVIDER:
+            return self.AGENT_PROVIDER
+        if self.GOOGLE_API_KEY:
+            return "gemini"
+        if self.OPENAI_API_KEY:
+            return "openai"
+        return "local"
+
+    @property
+    def public_base_url(self) -> str:
+        """The origin Twilio reaches us at, without a trailing slash.
+
+        Returns:
+            ``PUBLIC_BASE_URL``, or ``http://HOST:PORT`` for local runs.
+        """
+        if self.PUBLIC_BASE_URL:
+            return self.PUBLIC_BASE_URL.rstrip("/")
+        return f"http://{self.HOST}:{self.PORT}"
+
+    @property
+    def auth_token(self) -> str | None:
+        """The Twilio auth token in clear, or None (never log it)."""
+        return self.TWILIO_AUTH_TOKEN.get_secret_value() if self.TWILIO_AUTH_TOKEN else None
+
+
+def load_settings(**overrides) -> Settings:
+    """Read the settings from the environment and ``.env``.
+
+    Args:
+        **overrides: Values that win over the environment (used by tests).
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ConfigError: When the configuration cannot work; the message names the variable.
+    """
+    try:
+        return Settings(**overrides)
+    except ConfigError:
+        raise
+    except ValueError as e:  # pydantic's ValidationError: wrong type or value
+        cause = getattr(e, "errors", lambda: [])()
+        if cause and isinstance(cause[0].get("ctx", {}).get("error"), ConfigError):
+            raise cause[0]["ctx"]["error"] from None
+        names = ", ".join(str(err["loc"][0]) for err in cause if err.get("loc")) or "settings"
+        raise ConfigError(f"invalid configuration ({names}): {e}") from None

@@ -1,0 +1,70 @@
+"""The speech-to-speech graph: Twilio <-> Silero VAD <-> Gemini Live / OpenAI Realtime.
+
+Read :func:`build` top to bottom: it is the order audio flows through a call.
+Caller audio enters at 8 kHz and is resampled once, to the model's input rate; the
+model's audio leaves at 24 kHz and is resampled once, to 8 kHz. Both conversions are
+our low-delay filters (~3 ms each); every other resampler on the path sees matching
+rates and does nothing.
+"""
+
+from __future__ import annotations
+
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.frames.frames import InputAudioRawFrame, OutputAudioRawFrame
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
+from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.turns.user_start.vad_user_turn_start_strategy import VADUserTurnStartStrategy
+from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import (
+    SpeechTimeoutUserTurnStopStrategy,
+)
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+from pipelines.base import CallContext
+from pipelines.services import speech_to_speech
+from processors.resampler import AudioResamplerProcessor
+from processors.transcript import TranscriptLogger
+from processors.twilio_serializer import TWILIO_SAMPLE_RATE
+
+
+def build(call: CallContext) -> list[FrameProcessor]:
+    """Build one call's speech-to-speech pipeline.
+
+    Args:
+        call: The call's facts, settings, store and transport.
+
+    Returns:
+        The processors in pipeline order.
+    """
+    s2s = speech_to_speech(call.settings, local_agent_url=call.local_agent_url)
+    context = LLMContext(messages=[{"role": "user", "content": call.settings.AGENT_GREETING_PROMPT}])
+    vad = SileroVADAnalyzer(params=VADParams(stop_secs=call.settings.VAD_STOP_SECS))
+    turns = UserTurnStrategies(
+        start=[VADUserTurnStartStrategy()],
+        stop=[
+            SpeechTimeoutUserTurnStopStrategy(
+                user_speech_timeout=call.settings.USER_TURN_TIMEOUT_SECS, wait_for_transcript=False
+            )
+        ],
+    )
+    context_aggregators = LLMContextAggregatorPair(
+        context,
+        user_params=LLMUserAggregatorParams(vad_analyzer=vad, user_turn_strategies=turns),
+    )
+    transcript = TranscriptLogger(call.store, call.call_sid)
+
+    return [
+        call.transport.input(),  # Twilio media -> 8 kHz PCM (our G.711 codec)
+        context_aggregators.user(),  # Silero VAD at 8 kHz: caller turns and barge-in
+        AudioResamplerProcessor(s2s.input_sample_rate, InputAudioRawFrame),  # 8 kHz -> model
+        transcript.user(),  # caller turns -> call record
+        s2s.service,  # the speech-to-speech model
+        AudioResamplerProcessor(TWILIO_SAMPLE_RATE, OutputAudioRawFrame),  # model -> 8 kHz
+        call.transport.output(),  # 20 ms mu-law media frames to Twilio
+        transcript.assistant(),  # agent turns, as played -> call record
+        context_aggregators.assistant(),
+    ]

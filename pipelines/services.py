@@ -1,0 +1,105 @@
+"""Speech-to-speech services, built from settings, and the audio rates they speak.
+
+Audio each provider takes and returns (and so what our resamplers convert to):
+
+- OpenAI Realtime (and the offline agent, which speaks its protocol): Pipecat's
+  service sends 16-bit PCM at 24 kHz and receives 24 kHz
+  (platform.openai.com/docs/guides/realtime, "audio/pcm" at 24000 Hz). Our
+  resampler lifts the caller's 8 kHz to 24 kHz, so the service's own soxr resampler
+  never runs.
+- Gemini Live: takes 16-bit PCM at the rate declared in the blob's MIME type
+  (``audio/pcm;rate=8000``) and returns 24 kHz (ai.google.dev/gemini-api/docs/live).
+  The caller's 8 kHz goes as it is: no resampling on the way in.
+
+Server-side turn detection is switched off for both: Silero VAD on the user
+aggregator decides the caller's turns, so barge-in is ours to control.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipecat.services.llm_service import LLMService
+from pipecat.services.openai.realtime import events
+from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
+
+from config import Settings
+
+__all__ = ["SpeechToSpeech", "speech_to_speech"]
+
+
+@dataclass
+class SpeechToSpeech:
+    """A speech-to-speech service and its audio rates.
+
+    Parameters:
+        service: The Pipecat LLM service (a realtime service).
+        input_sample_rate: Rate, in Hz, at which the service wants the caller's audio.
+        output_sample_rate: Rate, in Hz, of the audio the service produces.
+    """
+
+    service: LLMService
+    input_sample_rate: int
+    output_sample_rate: int
+
+
+def speech_to_speech(settings: Settings, *, local_agent_url: str | None = None) -> SpeechToSpeech:
+    """Build the configured provider's speech-to-speech service for one call.
+
+    Args:
+        settings: The server's settings (provider, keys, base URLs, instructions).
+        local_agent_url: The offline agent's WebSocket URL; required for ``local``.
+
+    Returns:
+        The service with its audio rates.
+
+    Raises:
+        ValueError: If the provider is ``local`` and no agent URL is known.
+    """
+    if settings.provider == "gemini":
+        return _gemini(settings)
+    if settings.provider == "openai":
+        key = settings.OPENAI_API_KEY.get_secret_value() if settings.OPENAI_API_KEY else ""
+        return _openai_realtime(settings, key, settings.OPENAI_REALTIME_BASE_URL)
+    if not local_agent_url:
+        raise ValueError("provider 'local' needs the offline agent's URL")
+    return _openai_realtime(settings, "offline", local_agent_url)
+
+
+def _openai_realtime(settings: Settings, api_key: str, base_url: str) -> SpeechToSpeech:
+    session = events.SessionProperties(
+        audio=events.AudioConfiguration(
+            input=events.AudioInput(
+                turn_detection=False,
+                transcription=events.InputAudioTranscription(model="gpt-4o-transcribe"),
+                noise_reduction=events.InputAudioNoiseReduction(type="far_field"),
+            ),
+            output=events.AudioOutput(voice="marin"),
+        ),
+    )
+    service = OpenAIRealtimeLLMService(
+        api_key=api_key,
+        base_url=base_url,
+        settings=OpenAIRealtimeLLMService.Settings(
+            model=settings.OPENAI_REALTIME_MODEL,
+            system_instruction=settings.AGENT_INSTRUCTIONS,
+            session_properties=session,
+        ),
+    )
+    return SpeechToSpeech(service, input_sample_rate=24000, output_sample_rate=24000)
+
+
+def _gemini(settings: Settings) -> SpeechToSpeech:
+    from google.genai.types import HttpOptions
+    from pipecat.services.google.gemini_live.llm import GeminiLiveLLMService, GeminiVADParams
+
+    service = GeminiLiveLLMService(
+        api_key=settings.GOOGLE_API_KEY.get_secret_value() if settings.GOOGLE_API_KEY else "",
+        http_options=HttpOptions(base_url=settings.GEMINI_BASE_URL) if settings.GEMINI_BASE_URL else None,
+        settings=GeminiLiveLLMService.Settings(
+            model=settings.GEMINI_MODEL,
+            system_instruction=settings.AGENT_INSTRUCTIONS,
+            vad=GeminiVADParams(disabled=True),
+        ),
+    )
+    return SpeechToSpeech(service, input_sample_rate=8000, output_sample_rate=24000)

@@ -1,0 +1,178 @@
+"""Call records in SQLite: one row per call, one row per turn, written as they happen.
+
+Each turn is committed on its own as soon as it completes, in WAL mode, so a crash
+loses at most the turn in progress. Timestamps are ISO 8601 in UTC with milliseconds.
+
+Writes run in a worker thread (``asyncio.to_thread``) so the event loop that carries
+the calls' audio never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CallStore", "utc_now"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    call_sid    TEXT PRIMARY KEY,
+    stream_sid  TEXT,
+    account_sid TEXT,
+    from_number TEXT,
+    to_number   TEXT,
+    provider    TEXT,
+    started_at  TEXT NOT NULL,
+    ended_at    TEXT,
+    end_reason  TEXT
+);
+CREATE TABLE IF NOT EXISTS turns (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    call_sid    TEXT NOT NULL REFERENCES calls(call_sid),
+    role        TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+    text        TEXT NOT NULL,
+    started_at  TEXT NOT NULL,
+    ended_at    TEXT NOT NULL,
+    interrupted INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS turns_by_call ON turns (call_sid, id);
+"""
+
+
+def utc_now() -> str:
+    """The current time as ISO 8601 UTC with milliseconds, e.g. ``2026-11-20T21:52:35.123Z``."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class CallStore:
+    """The store of call records.
+
+    Args:
+        path: SQLite database file (created with its folder if missing), or
+            ``:memory:``.
+    """
+
+    def __init__(self, path: str):
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def _write(self, sql: str, args: tuple) -> None:
+        with self._lock:
+            self._db.execute(sql, args)
+
+    async def start_call(
+        self,
+        call_sid: str,
+        *,
+        stream_sid: str | None,
+        account_sid: str | None,
+        from_number: str | None,
+        to_number: str | None,
+        provider: str,
+    ) -> None:
+        """Record that a call's media stream started (idempotent per call SID).
+
+        Args:
+            call_sid: Twilio's call SID (``CA...``).
+            stream_sid: Twilio's stream SID (``MZ...``).
+            account_sid: Twilio's account SID (``AC...``).
+            from_number: The caller's number (E.164).
+            to_number: The number dialled (E.164).
+            provider: The speech-to-speech provider serving the call.
+        """
+        await asyncio.to_thread(
+            self._write,
+            "INSERT INTO calls (call_sid, stream_sid, account_sid, from_number, to_number,"
+            " provider, started_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(call_sid) DO UPDATE SET stream_sid=excluded.stream_sid",
+            (call_sid, stream_sid, account_sid, from_number, to_number, provider, utc_now()),
+        )
+
+    async def add_turn(
+        self,
+        call_sid: str,
+        *,
+        role: str,
+        text: str,
+        started_at: str,
+        ended_at: str,
+        interrupted: bool = False,
+    ) -> None:
+        """Append one completed turn to a call, committed at once.
+
+        Args:
+            call_sid: The call's SID.
+            role: ``user`` or ``assistant``.
+            text: What was said (for the offline agent's caller turns, a description
+                such as ``[caller spoke 2.4 s]``).
+            started_at: ISO 8601 UTC time the turn's audio started.
+            ended_at: ISO 8601 UTC time the turn's audio ended.
+            interrupted: Whether the caller cut the turn off.
+        """
+        await asyncio.to_thread(
+            self._write,
+            "INSERT INTO turns (call_sid, role, text, started_at, ended_at, interrupted)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (call_sid, role, text, started_at, ended_at, int(interrupted)),
+        )
+
+    async def end_call(self, call_sid: str, reason: str) -> None:
+        """Record the end of a call; the first reason recorded stays.
+
+        Args:
+            call_sid: The call's SID.
+            reason: Why it ended, e.g. ``caller_hung_up``, ``agent_ended``, ``error``.
+        """
+        await asyncio.to_thread(
+            self._write,
+            "UPDATE calls SET ended_at=?, end_reason=? WHERE call_sid=? AND ended_at IS NULL",
+            (utc_now(), reason, call_sid),
+        )
+
+    def get_call(self, call_sid: str) -> dict[str, Any] | None:
+        """Read a call record with its turns in order.
+
+        Args:
+            call_sid: The call's SID.
+
+        Returns:
+            ``{call_sid, stream_sid, from, to, provider, started_at, ended_at,
+            end_reason, turns: [{role, text, started_at, ended_at, interrupted}]}``,
+            or None if no such call.
+        """
+        with self._lock:
+            call = self._db.execute("SELECT * FROM calls WHERE call_sid=?", (call_sid,)).fetchone()
+            if call is None:
+                return None
+            turns = self._db.execute(
+                "SELECT role, text, started_at, ended_at, interrupted FROM turns"
+                " WHERE call_sid=? ORDER BY id",
+                (call_sid,),
+            ).fetchall()
+        return {
+            "call_sid": call["call_sid"],
+            "stream_sid": call["stream_sid"],
+            "from": call["from_number"],
+            "to": call["to_number"],
+            "provider": call["provider"],
+            "started_at": call["started_at"],
+            "ended_at": call["ended_at"],
+            "end_reason": call["end_reason"],
+            "turns": [{**dict(t), "interrupted": bool(t["interrupted"])} for t in turns],
+        }
