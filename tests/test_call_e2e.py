@@ -1,0 +1,143 @@
+"""End to end: the real server, on a free port, called by the simulated caller with real speech.
+
+The server runs as its own process (``python server.py``) with the offline agent, a
+Twilio auth token (so every webhook is signed and checked) and a fresh SQLite file.
+The simulated caller speaks the Twilio Media Streams protocol over loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from offline.caller import run_call
+
+ROOT = Path(__file__).resolve().parent.parent
+AUDIO = ROOT.parent / "shared" / "audio"
+TOKEN = "e2e-auth-token-0123456789abcdef"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The real server process; yields its base URL and its log file path."""
+    port = _free_port()
+    tmp = tmp_path_factory.mktemp("server")
+    log = tmp / "server.log"
+    env = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "TWILIO_AUTH_TOKEN": TOKEN,
+        "CALLS_DB_PATH": str(tmp / "calls.db"),
+        "AGENT_PROVIDER": "local",
+        "LOG_LEVEL": "INFO",
+    }
+    for key in ("GOOGLE_API_KEY", "OPENAI_API_KEY", "LOCAL_AGENT_BASE_URL", "TWILIO_ACCOUNT_SID"):
+        env.pop(key, None)
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "server.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"server did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    yield url, log
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def _speech_fraction(pcm: bytes, threshold_dbfs: float = -45.0) -> float:
+    x = np.frombuffer(pcm, dtype="<i2").astype(float)
+    frames = x[: len(x) // 160 * 160].reshape(-1, 160)
+    rms = np.sqrt(np.mean(frames**2, axis=1)) / 32768
+    return float(np.mean(20 * np.log10(rms + 1e-9) > threshold_dbfs))
+
+
+def _ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@pytest.mark.asyncio
+async def test_a_call_with_real_speech_is_answered_and_recorded(server, tmp_path):
+    url, log = server
+    heard_wav = tmp_path / "heard.wav"
+    result = await run_call(
+        url, str(AUDIO / "jfk_8k.wav"), auth_token=TOKEN, out_wav=str(heard_wav), max_call_s=90
+    )
+    hung_up = time.monotonic()
+
+    # The caller heard a greeting, and a spoken reply to every utterance.
+    assert result.greeting_ms is not None
+    assert len(result.utterances) >= 3  # jfk_8k.wav has pauses between its phrases
+    assert all(u["replied"] for u in result.utterances), result.summary()
+    assert heard_wav.exists() and _speech_fraction(result.heard_pcm) > 0.3
+    # The stream carried the TwiML's parameters, as Twilio's start message does.
+    assert result.parameters["from"] == "+15551230001"
+
+    # The pipeline is torn down after the hang-up: no active call within a second.
+    async with httpx.AsyncClient(base_url=url) as client:
+        while (await client.get("/health")).json()["active_calls"]:
+            assert time.monotonic() - hung_up < 1.0, "call still active 1 s after hang-up"
+            await asyncio.sleep(0.05)
+        record = (await client.get(f"/api/calls/{result.call_sid}")).json()
+
+    # The record holds every turn, in order, the greeting first.
+    assert record["call_sid"] == result.call_sid
+    assert record["from"] == "+15551230001" and record["to"] == "+15559870002"
+    assert record["provider"] == "local"
+    assert record["end_reason"] == "caller_hung_up"
+    assert record["ended_at"] >= record["started_at"]
+    turns = record["turns"]
+    assert turns[0]["role"] == "assistant" and "Grand Harbor" in turns[0]["text"]
+    users = [t for t in turns if t["role"] == "user"]
+    assistants = [t for t in turns if t["role"] == "assistant"]
+    assert len(users) == len(result.utterances)
+    assert len(assistants) == len(result.utterances) + 1  # the greeting and one reply each
+    for turn in users:
+        assert turn["text"].startswith("[caller spoke ")
+    for before, after in zip(turns, turns[1:]):
+        assert before["role"] != after["role"], "turns alternate caller / agent"
+        assert _ts(before["started_at"]) <= _ts(after["started_at"])
+    for turn in turns:
+        assert _ts(turn["started_at"]) <= _ts(turn["ended_at"])
+        assert turn["text"]
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.asyncio
+async def test_an_unsigned_call_is_refused(server):
+    url, _ = server
+    async with httpx.AsyncClient(base_url=url) as client:
+        response = await client.post(
+            "/twilio/incoming-call", data={"CallSid": "CA" + "0" * 32, "From": "+1555"}
+        )
+    assert response.status_code == 403
