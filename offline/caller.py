@@ -1,0 +1,940 @@
+"""A simulated Twilio caller: one inbound phone call, end to end, without Twilio.
+
+The caller behaves on the wire the way Twilio does, so the agent server under test
+runs exactly the code it runs in production:
+
+1. **Voice webhook.** It POSTs ``{server}/twilio/incoming-call`` as a form, with the
+   parameters Twilio sends for an incoming call (``CallSid``, ``AccountSid``,
+   ``From``, ``To``, ``CallStatus=ringing``, ``Direction=inbound``,
+   ``ApiVersion=2010-04-01``, ``Caller``, ``Called`` and the geographic fields), and,
+   when an auth token is given, an ``X-Twilio-Signature`` header computed with the
+   Twilio SDK over the *public* webhook URL. Sources:
+   https://www.twilio.com/docs/usage/webhooks/voice-webhooks and
+   https://www.twilio.com/docs/usage/webhooks/webhooks-security
+2. **TwiML.** It reads ``<Response><Connect><Stream url=...>`` and the stream's
+   ``<Parameter>`` children. Source: https://www.twilio.com/docs/voice/twiml/stream
+3. **Media Stream.** It opens the WebSocket (the upgrade request is signed too, over
+   the ``<Stream url>``, since Twilio signs every HTTP request it makes to your app),
+   sends ``connected`` then ``start``, then a ``media`` message every 20 ms in real
+   time (160 bytes of 8000 Hz mu-law; digital silence when the caller is not
+   talking) until it sends ``stop``. It plays the
+   agent's ``media`` through a playout buffer drained at 160 bytes per 20 ms, echoes
+   each ``mark`` once the audio queued before it has played, and on ``clear`` drops
+   the buffered audio and echoes every pending mark at once. Source:
+   https://www.twilio.com/docs/voice/media-streams/websocket-messages
+4. **A polite person.** The WAV is cut into utterances by energy. The caller waits for
+   the greeting to finish, says one utterance, waits for the reply to finish, says
+   the next, and hangs up after the last reply. It measures the time to greeting and
+   every reply delay, and can save the whole call as heard to a WAV.
+
+Usage::
+
+    python -m offline.caller --wav ../shared/audio/jfk_8k.wav --server http://127.0.0.1:8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import math
+import os
+import secrets
+import sys
+import time
+import wave
+import xml.etree.ElementTree as ET
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from loguru import logger
+from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from processors.g711 import ULAW_SILENCE, ulaw_decode, ulaw_encode
+
+__all__ = [
+    "CallResult",
+    "CallSetupError",
+    "PlayoutBuffer",
+    "StreamInfo",
+    "TwimlError",
+    "WebhookError",
+    "frame_dbfs",
+    "load_wav_8k",
+    "main",
+    "parse_twiml",
+    "run_call",
+    "split_utterances",
+]
+
+SAMPLE_RATE = 8000  # Hz; Twilio Media Streams carry audio/x-mulaw at 8000 Hz, mono
+FRAME_MS = 20  # ms of audio per Twilio media message
+FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000  # 160 samples = 160 mu-law bytes
+FRAME_S = FRAME_MS / 1000.0
+SILENT_FRAME = bytes([ULAW_SILENCE]) * FRAME_SAMPLES
+
+#: A frame whose RMS is above this level counts as agent speech ("non-silent").
+VOICED_DBFS = -50.0
+#: Quiet time after the agent's last sound before the caller talks again.
+POLITE_PAUSE_MS = 700
+#: Gaps between played agent frames shorter than this join one agent segment.
+SEGMENT_JOIN_MS = 200
+
+WEBHOOK_PATH = "/twilio/incoming-call"
+API_VERSION = "2010-04-01"
+
+
+class CallSetupError(RuntimeError):
+    """The call could not be set up (webhook or TwiML problem)."""
+
+
+class WebhookError(CallSetupError):
+    """The voice webhook did not answer 2xx."""
+
+
+class TwimlError(CallSetupError):
+    """The webhook's TwiML has no usable ``<Connect><Stream>``."""
+
+
+# --------------------------------------------------------------------------- audio
+
+
+def frame_dbfs(pcm: np.ndarray) -> float:
+    """RMS level of 16-bit samples.
+
+    Args:
+        pcm: int16 samples (any length; empty gives -inf).
+
+    Returns:
+        Level in dBFS (0 dBFS = full-scale square wave, 32768).
+    """
+    if pcm.size == 0:
+        return -math.inf
+    rms = math.sqrt(float(np.mean(np.square(pcm, dtype=np.float64))))
+    return 20.0 * math.log10(rms / 32768.0) if rms > 0 else -math.inf
+
+
+def _ulaw_is_voiced(ulaw: bytes) -> bool:
+    """Whether a mu-law chunk is above :data:`VOICED_DBFS` once decoded."""
+    pcm = np.frombuffer(ulaw_decode(ulaw), dtype="<i2")
+    return frame_dbfs(pcm) > VOICED_DBFS
+
+
+def load_wav_8k(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a 16-bit PCM WAV as 8000 Hz mono samples.
+
+    Stereo is averaged to mono; any other rate is resampled to 8000 Hz with soxr.
+
+    Args:
+        path: WAV file (16-bit PCM, any rate, any channel count).
+
+    Returns:
+        int16 samples at 8000 Hz.
+
+    Raises:
+        ValueError: If the WAV is not 16-bit PCM.
+    """
+    with wave.open(str(path), "rb") as wav:
+        if wav.getsampwidth() != 2:
+            raise ValueError(f"{path}: need 16-bit PCM, got {8 * wav.getsampwidth()}-bit")
+        rate, channels = wav.getframerate(), wav.getnchannels()
+        samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+    if channels > 1:
+        samples = samples.reshape(-1, channels).mean(axis=1)
+    if rate != SAMPLE_RATE:
+        import soxr  # only needed for non-telephone-rate files
+
+        logger.info("Resampling {} from {} Hz to {} Hz", path, rate, SAMPLE_RATE)
+        samples = soxr.resample(samples.astype(np.float32), rate, SAMPLE_RATE)
+    return np.clip(np.round(samples), -32768, 32767).astype(np.int16)
+
+
+def _write_wav_8k(path: str | os.PathLike[str], pcm: bytes) -> None:
+    """Write 8000 Hz mono 16-bit PCM bytes to a WAV file."""
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(SAMPLE_RATE)
+        wav.writeframes(pcm)
+
+
+def _speech_threshold(levels_db: np.ndarray) -> float:
+    """Pick a speech/silence threshold (dBFS) from the frame levels of a recording.
+
+    10 dB above the noise floor (10th percentile), never below :data:`VOICED_DBFS`,
+    and at least 10 dB under the loud frames (95th percentile) so a recording with
+    few pauses still splits.
+    """
+    finite = levels_db[np.isfinite(levels_db)]
+    if finite.size == 0:
+        return VOICED_DBFS
+    floor, loud = np.percentile(finite, [10, 95])
+    return float(min(max(floor + 10.0, VOICED_DBFS), loud - 10.0))
+
+
+def split_utterances(
+    pcm: np.ndarray,
+    *,
+    min_gap_ms: int = 350,
+    min_utterance_ms: int = 400,
+    pad_ms: int = 100,
+    min_blip_ms: int = 60,
+) -> list[tuple[int, int]]:
+    """Cut a recording into utterances by frame energy.
+
+    The recording is measured in 20 ms frames. Frames above an adaptive threshold
+    (see :func:`_speech_threshold`) are speech; a run of quiet frames of at least
+    ``min_gap_ms`` ends an utterance. Isolated sounds shorter than ``min_blip_ms``
+    are ignored (clicks), utterances shorter than ``min_utterance_ms`` are merged
+    into the nearer neighbour, and every utterance gets ``pad_ms`` of the
+    surrounding audio on both sides.
+
+    Args:
+        pcm: int16 samples at 8000 Hz.
+        min_gap_ms: Shortest silence (ms) that separates two utterances.
+        min_utterance_ms: Shorter utterances (ms) are merged into a neighbour.
+        pad_ms: Audio (ms) kept before and after each utterance.
+        min_blip_ms: Sounds shorter than this (ms) with silence around are dropped.
+
+    Returns:
+        ``(start, end)`` sample indices (end exclusive), in order, not overlapping.
+    """
+    n_frames = math.ceil(len(pcm) / FRAME_SAMPLES)
+    if n_frames == 0:
+        return []
+    padded = np.zeros(n_frames * FRAME_SAMPLES, dtype=np.int16)
+    padded[: len(pcm)] = pcm
+    levels = np.array([frame_dbfs(f) for f in padded.reshape(n_frames, FRAME_SAMPLES)])
+    voiced = np.flatnonzero(levels > _speech_threshold(levels))
+    if voiced.size == 0:
+        return []
+
+    # Runs of speech frames, split where the gap is long enough: [start, end) frames.
+    gap_frames = math.ceil(min_gap_ms / FRAME_MS)
+    runs: list[list[int]] = [[int(voiced[0]), int(voiced[0]) + 1]]
+    for frame in voiced[1:]:
+        if frame - runs[-1][1] >= gap_frames:
+            runs.append([int(frame), int(frame) + 1])
+        else:
+            runs[-1][1] = int(frame) + 1
+
+    blip_frames = math.ceil(min_blip_ms / FRAME_MS)
+    runs = [run for run in runs if run[1] - run[0] >= blip_frames] or runs
+
+    min_frames = math.ceil(min_utterance_ms / FRAME_MS)
+    while len(runs) > 1:
+        lengths = [end - start for start, end in runs]
+        i = int(np.argmin(lengths))
+        if lengths[i] >= min_frames:
+            break
+        gap_before = runs[i][0] - runs[i - 1][1] if i > 0 else math.inf
+        gap_after = runs[i + 1][0] - runs[i][1] if i + 1 < len(runs) else math.inf
+        j = i - 1 if gap_before <= gap_after else i + 1
+        lo, hi = min(i, j), max(i, j)
+        runs[lo:hi + 1] = [[runs[lo][0], runs[hi][1]]]
+
+    pad = pad_ms * SAMPLE_RATE // 1000
+    return [
+        (max(0, start * FRAME_SAMPLES - pad), min(len(pcm), end * FRAME_SAMPLES + pad))
+        for start, end in runs
+    ]
+
+
+def _to_ulaw_frames(pcm: np.ndarray) -> list[bytes]:
+    """Encode int16 samples as 160-byte mu-law frames (the last padded with silence)."""
+    ulaw = ulaw_encode(pcm.astype("<i2").tobytes())
+    frames = [ulaw[i:i + FRAME_SAMPLES] for i in range(0, len(ulaw), FRAME_SAMPLES)]
+    if frames and len(frames[-1]) < FRAME_SAMPLES:
+        frames[-1] = frames[-1].ljust(FRAME_SAMPLES, bytes([ULAW_SILENCE]))
+    return frames
+
+
+# ------------------------------------------------------------------------ playout
+
+
+class PlayoutBuffer:
+    """The phone's jitter/playout buffer for the agent's audio, with marks.
+
+    Positions are counted in mu-law bytes (= samples at 8000 Hz) since the start of
+    the call. A mark sits at the position of the audio queued before it; it is due
+    once playout has reached that position, i.e. the audio before it has played.
+    This mirrors Twilio's ``mark`` and ``clear`` semantics described at
+    https://www.twilio.com/docs/voice/media-streams/websocket-messages
+    """
+
+    def __init__(self) -> None:
+        self._pending = bytearray()  # queued, not yet played
+        self._played = 0  # bytes played so far
+        self._marks: deque[tuple[int, str]] = deque()  # (position, name)
+        self._voiced_until = 0  # position right after the last queued speech chunk
+        self.dropped_bytes = 0  # audio discarded by clear()
+
+    @property
+    def queued_bytes(self) -> int:
+        """Audio (bytes = samples) waiting to be played."""
+        return len(self._pending)
+
+    @property
+    def has_voiced_pending(self) -> bool:
+        """Whether any speech (not just silence) is still waiting to be played."""
+        return self._voiced_until > self._played
+
+    def push_audio(self, ulaw: bytes) -> None:
+        """Queue agent audio behind everything already queued.
+
+        Args:
+            ulaw: mu-law bytes at 8000 Hz, any length.
+        """
+        base = self._played + len(self._pending)
+        for offset in range(0, len(ulaw), FRAME_SAMPLES):
+            chunk = ulaw[offset:offset + FRAME_SAMPLES]
+            if _ulaw_is_voiced(chunk):
+                self._voiced_until = base + offset + len(chunk)
+        self._pending += ulaw
+
+    def push_mark(self, name: str) -> None:
+        """Queue a mark behind the audio queued so far."""
+        self._marks.append((self._played + len(self._pending), name))
+
+    def due_marks(self) -> list[str]:
+        """Remove and return the marks whose preceding audio has fully played."""
+        due = []
+        while self._marks and self._marks[0][0] <= self._played:
+            due.append(self._marks.popleft()[1])
+        return due
+
+    def pop_frame(self) -> tuple[bytes, int]:
+        """Play one 20 ms frame.
+
+        Returns:
+            The 160 mu-law bytes played (padded with silence when the buffer runs
+            dry) and how many of them were queued agent audio.
+        """
+        take = min(FRAME_SAMPLES, len(self._pending))
+        audio = bytes(self._pending[:take])
+        del self._pending[:take]
+        self._played += take
+        return audio.ljust(FRAME_SAMPLES, bytes([ULAW_SILENCE])), take
+
+    def clear(self) -> list[str]:
+        """Drop all queued audio at once and return every pending mark, in order."""
+        self.dropped_bytes += len(self._pending)
+        self._pending.clear()
+        self._voiced_until = min(self._voiced_until, self._played)
+        names = [name for _, name in self._marks]
+        self._marks.clear()
+        return names
+
+
+# -------------------------------------------------------------------- setup steps
+
+
+@dataclass
+class StreamInfo:
+    """What the TwiML asks for: ``<Connect><Stream url>`` and its ``<Parameter>``s."""
+
+    url: str
+    parameters: dict[str, str]
+
+
+def parse_twiml(twiml: str) -> StreamInfo:
+    """Find the bidirectional Media Stream in a TwiML answer.
+
+    Args:
+        twiml: The webhook's response body.
+
+    Returns:
+        The stream URL and custom parameters (name -> value).
+
+    Raises:
+        TwimlError: If the XML is invalid, is not a ``<Response>``, or has no
+            ``<Connect><Stream url="ws(s)://...">``.
+    """
+    try:
+        root = ET.fromstring(twiml)
+    except ET.ParseError as exc:
+        raise TwimlError(f"TwiML is not valid XML ({exc}): {twiml[:300]!r}") from exc
+    if root.tag != "Response":
+        raise TwimlError(f"TwiML root is <{root.tag}>, expected <Response>")
+    stream = root.find("./Connect/Stream")
+    if stream is None:
+        if root.find(".//Stream") is not None:
+            raise TwimlError("TwiML has <Stream> outside <Connect>: that stream is one-way")
+        raise TwimlError(f"TwiML has no <Connect><Stream>: {twiml[:300]!r}")
+    url = (stream.get("url") or "").strip()
+    if not url.startswith(("ws://", "wss://")):
+        raise TwimlError(f"<Stream url> must be an absolute ws(s):// URL, got {url!r}")
+    for verb in root:
+        if verb.tag != "Connect":
+            logger.warning("TwiML verb <{}> ignored by the simulated caller", verb.tag)
+    parameters = {
+        p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter") if p.get("name")
+    }
+    return StreamInfo(url=url, parameters=parameters)
+
+
+def _sid(prefix: str) -> str:
+    """A Twilio-style SID: two-letter prefix + 32 lowercase hex digits."""
+    return prefix + secrets.token_hex(16)
+
+
+def _webhook_params(
+    call_sid: str, account_sid: str, from_number: str, to_number: str
+) -> dict[str, str]:
+    """Form fields of the incoming-call webhook, as Twilio sends them.
+
+    Source: https://www.twilio.com/docs/usage/webhooks/voice-webhooks
+    (unknown geographic fields are sent empty).
+    """
+    params = {
+        "AccountSid": account_sid,
+        "ApiVersion": API_VERSION,
+        "CallSid": call_sid,
+        "CallStatus": "ringing",
+        "Called": to_number,
+        "Caller": from_number,
+        "Direction": "inbound",
+        "From": from_number,
+        "To": to_number,
+    }
+    for side in ("Called", "Caller", "From", "To"):
+        params.update(
+            {f"{side}City": "", f"{side}State": "", f"{side}Zip": "", f"{side}Country": "US"}
+        )
+    return params
+
+
+# ------------------------------------------------------------------------- result
+
+
+@dataclass
+class CallResult:
+    """Everything the simulated caller saw and measured during one call.
+
+    Times ("call time") are seconds since the ``start`` message was sent.
+
+    Attributes:
+        call_sid: ``CA`` + 32 hex, as sent in the webhook and ``start``.
+        stream_sid: ``MZ`` + 32 hex.
+        twiml: The webhook's response body.
+        parameters: The ``<Stream>``'s ``<Parameter>`` name/value pairs.
+        greeting_ms: ms from sending ``start`` to the first non-silent agent frame
+            played, or None if the agent did not speak first.
+        utterances: One dict per caller utterance: ``start_s``/``end_s`` (position
+            in the WAV, s), ``sent_at``/``ended_at`` (call time of its first/last
+            frame sent, s, None if never said), ``replied`` (bool),
+            ``reply_at`` (call time of the first non-silent reply frame played, s)
+            and ``reply_delay_ms`` (from the last frame sent to that frame, ms).
+        agent_segments: ``(start_s, end_s)`` call times when agent speech played.
+        heard_pcm: The whole call as the caller heard it: 8000 Hz 16-bit PCM.
+        media_received: ``media`` messages received from the server.
+        marks_received: ``mark`` messages received from the server.
+        marks_echoed: Names of the marks sent back, in order.
+        clears: ``clear`` messages received.
+        media_after_clear: ``media`` messages received after the first ``clear``.
+        dropped_ms: Agent audio (ms) discarded by ``clear`` before it played.
+        duration_s: Call time when the caller hung up (or the server closed).
+        ended_by: ``"caller"``, ``"server"`` or ``"max_call_s"``.
+    """
+
+    call_sid: str
+    stream_sid: str
+    twiml: str
+    parameters: dict[str, str]
+    greeting_ms: float | None = None
+    utterances: list[dict[str, Any]] = field(default_factory=list)
+    agent_segments: list[tuple[float, float]] = field(default_factory=list)
+    heard_pcm: bytes = b""
+    media_received: int = 0
+    marks_received: int = 0
+    marks_echoed: list[str] = field(default_factory=list)
+    clears: int = 0
+    media_after_clear: int = 0
+    dropped_ms: float = 0.0
+    duration_s: float = 0.0
+    ended_by: str = "caller"
+
+    @property
+    def all_answered(self) -> bool:
+        """True if the call had utterances and every one got a reply."""
+        return bool(self.utterances) and all(u["replied"] for u in self.utterances)
+
+    def summary(self) -> str:
+        """A readable timeline of the call and its timings."""
+        events: list[tuple[float, str]] = []
+        for start, end in self.agent_segments:
+            events.append((start, f"agent   speaks {end - start:5.2f} s"))
+        for i, utt in enumerate(self.utterances, 1):
+            if utt["sent_at"] is None:
+                continue
+            reply = (
+                f"reply after {utt['reply_delay_ms']:.0f} ms" if utt["replied"] else "NO REPLY"
+            )
+            events.append(
+                (
+                    utt["sent_at"],
+                    f"caller  says   {utt['end_s'] - utt['start_s']:5.2f} s"
+                    f"  (utterance {i}, wav {utt['start_s']:.2f}-{utt['end_s']:.2f} s) -> {reply}",
+                )
+            )
+        lines = [f"Call {self.call_sid}  stream {self.stream_sid}"]
+        if self.parameters:
+            lines.append(f"  stream parameters: {self.parameters}")
+        lines += [f"  {t:7.2f} s  {text}" for t, text in sorted(events)]
+        lines.append(f"  {self.duration_s:7.2f} s  call ended by {self.ended_by}")
+        greeting = f"{self.greeting_ms:.0f} ms" if self.greeting_ms is not None else "none"
+        delays = [u["reply_delay_ms"] for u in self.utterances if u["replied"]]
+        answered = sum(1 for u in self.utterances if u["replied"])
+        lines.append(f"Time to greeting: {greeting}")
+        if delays:
+            lines.append(
+                f"Reply delay: min {min(delays):.0f} / median {float(np.median(delays)):.0f}"
+                f" / max {max(delays):.0f} ms"
+            )
+        lines.append(f"Utterances answered: {answered}/{len(self.utterances)}")
+        lines.append(
+            f"Media received {self.media_received}, marks {self.marks_received} received /"
+            f" {len(self.marks_echoed)} echoed, clears {self.clears}"
+            f" (media after clear {self.media_after_clear}, dropped {self.dropped_ms:.0f} ms)"
+        )
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ session
+
+
+class _MediaSession:
+    """One Media Stream WebSocket: the 20 ms clock, the caller's turns, the playout.
+
+    Message shapes follow https://www.twilio.com/docs/voice/media-streams/websocket-messages
+    """
+
+    def __init__(
+        self,
+        ws: ClientConnection,
+        result: CallResult,
+        account_sid: str,
+        utterances: list[list[bytes]],
+        *,
+        reply_timeout_s: float,
+        max_call_s: float,
+    ) -> None:
+        self.ws = ws
+        self.result = result
+        self.account_sid = account_sid
+        self.utterance_frames = utterances
+        self.reply_timeout_s = reply_timeout_s
+        self.max_call_s = max_call_s
+        self.buffer = PlayoutBuffer()
+        self.sequence = 0
+        self.heard: list[bytes] = []
+        # Caller state machine: "greeting" -> ("speaking" -> "awaiting_reply")* -> "done".
+        self.state = "greeting"
+        self.phase_started = 0.0  # call time the current wait began, s
+        self.utterance = 0  # index of the utterance being said / awaited
+        self.frame_in_utterance = 0
+        self.heard_in_phase: float | None = None  # first speech played in this wait, s
+        self.last_voiced_at = -math.inf  # call time the last agent speech frame played, s
+
+    def _next_sequence(self) -> str:
+        self.sequence += 1
+        return str(self.sequence)
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(message))
+
+    async def _echo_mark(self, name: str) -> None:
+        await self._send(
+            {
+                "event": "mark",
+                "sequenceNumber": self._next_sequence(),
+                "streamSid": self.result.stream_sid,
+                "mark": {"name": name},
+            }
+        )
+        self.result.marks_echoed.append(name)
+        logger.debug("mark {!r} echoed", name)
+
+    # -- receiving ------------------------------------------------------------------
+
+    async def receive(self) -> None:
+        """Read the server's messages until the socket closes."""
+        try:
+            async for raw in self.ws:
+                if isinstance(raw, bytes):
+                    logger.warning("Binary WebSocket frame ignored ({} bytes)", len(raw))
+                    continue
+                await self._on_message(json.loads(raw))
+        except ConnectionClosed as exc:
+            logger.info("Media stream closed: {}", exc)
+
+    async def _on_message(self, message: dict[str, Any]) -> None:
+        event = message.get("event")
+        if event == "media":
+            payload = base64.b64decode(message.get("media", {}).get("payload", ""))
+            self.buffer.push_audio(payload)
+            self.result.media_received += 1
+            if self.result.clears:
+                self.result.media_after_clear += 1
+        elif event == "mark":
+            self.result.marks_received += 1
+            self.buffer.push_mark(str(message.get("mark", {}).get("name", "")))
+        elif event == "clear":
+            self.result.clears += 1
+            dropped = self.buffer.queued_bytes
+            self.result.dropped_ms += dropped * 1000.0 / SAMPLE_RATE
+            pending = self.buffer.clear()
+            logger.info("clear: dropped {} ms of agent audio, {} pending mark(s) echoed",
+                        dropped * 1000 // SAMPLE_RATE, len(pending))
+            for name in pending:
+                await self._echo_mark(name)
+        else:
+            logger.warning("Unexpected message from the server: {}", message)
+
+    # -- the 20 ms tick ------------------------------------------------------------
+
+    async def _play_tick(self, now: float) -> None:
+        """Echo due marks, then play one frame of the agent's audio."""
+        for name in self.buffer.due_marks():
+            await self._echo_mark(name)
+        frame, _ = self.buffer.pop_frame()
+        self.heard.append(frame)
+        if not _ulaw_is_voiced(frame):
+            return
+        self.last_voiced_at = now
+        if self.heard_in_phase is None and self.state in ("greeting", "awaiting_reply"):
+            self.heard_in_phase = now
+            if self.state == "greeting":
+                self.result.greeting_ms = now * 1000.0
+                logger.info("Greeting heard after {:.0f} ms", now * 1000.0)
+            else:
+                utt = self.result.utterances[self.utterance]
+                utt.update(replied=True, reply_at=now,
+                           reply_delay_ms=(now - utt["ended_at"]) * 1000.0)
+                logger.info("Reply to utterance {} after {:.0f} ms",
+                            self.utterance + 1, utt["reply_delay_ms"])
+        segments = self.result.agent_segments
+        if segments and now - segments[-1][1] <= SEGMENT_JOIN_MS / 1000.0:
+            segments[-1] = (segments[-1][0], now + FRAME_S)
+        else:
+            segments.append((now, now + FRAME_S))
+
+    def _agent_done(self, now: float) -> bool:
+        """The agent was heard in this wait and has been quiet for the polite pause."""
+        return (
+            self.heard_in_phase is not None
+            and not self.buffer.has_voiced_pending
+            and now - self.last_voiced_at >= POLITE_PAUSE_MS / 1000.0
+        )
+
+    def _begin_next_utterance(self, now: float) -> None:
+        if self.state == "awaiting_reply":
+            self.utterance += 1
+        if self.utterance >= len(self.utterance_frames):
+            self.state = "done"
+            return
+        self.state = "speaking"
+        self.frame_in_utterance = 0
+        self.result.utterances[self.utterance]["sent_at"] = now
+
+    def _caller_tick(self, now: float) -> bytes | None:
+        """Advance the caller's turn-taking and return the frame to send (None: hang up)."""
+        if self.state in ("greeting", "awaiting_reply"):
+            waited = now - self.phase_started
+            if self._agent_done(now):
+                self._begin_next_utterance(now)
+            elif self.heard_in_phase is None and waited >= self.reply_timeout_s:
+                what = (
+                    "greeting" if self.state == "greeting"
+                    else f"reply to utterance {self.utterance + 1}"
+                )
+                logger.warning("No {} within {:.1f} s", what, self.reply_timeout_s)
+                self._begin_next_utterance(now)
+        if self.state == "done":
+            return None
+        if self.state != "speaking":
+            return SILENT_FRAME
+        frames = self.utterance_frames[self.utterance]
+        frame = frames[self.frame_in_utterance]
+        self.frame_in_utterance += 1
+        if self.frame_in_utterance == len(frames):
+            self.result.utterances[self.utterance]["ended_at"] = now
+            self.state = "awaiting_reply"
+            self.phase_started = now
+            self.heard_in_phase = None
+        return frame
+
+    # -- the call -------------------------------------------------------------------
+
+    async def run(self, call_sid: str, parameters: dict[str, str]) -> None:
+        """Send connected/start, then media every 20 ms until the caller hangs up."""
+        result = self.result
+        await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        await self._send(
+            {
+                "event": "start",
+                "sequenceNumber": self._next_sequence(),
+                "start": {
+                    "accountSid": self.account_sid,
+                    "streamSid": result.stream_sid,
+                    "callSid": call_sid,
+                    "tracks": ["inbound"],
+                    "mediaFormat": {
+                        "encoding": "audio/x-mulaw",
+                        "sampleRate": SAMPLE_RATE,
+                        "channels": 1,
+                    },
+                    "customParameters": parameters,
+                },
+                "streamSid": result.stream_sid,
+            }
+        )
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        receiver = asyncio.create_task(self.receive())
+        tick = 0
+        now = 0.0
+        late = False
+        try:
+            while True:
+                # Absolute schedule: tick n is due at t0 + n * 20 ms, whatever came before,
+                # so sleep overshoots do not add up; a late tick is caught up at once.
+                delay = t0 + tick * FRAME_S - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if delay < -0.1 and not late:
+                    logger.warning("Media clock {:.0f} ms late (event loop busy?)", -delay * 1000)
+                late = delay < -0.1
+                now = loop.time() - t0
+                if receiver.done():
+                    result.ended_by = "server"
+                    break
+                if now >= self.max_call_s:
+                    logger.warning("max_call_s={} reached, hanging up", self.max_call_s)
+                    result.ended_by = "max_call_s"
+                    break
+                await self._play_tick(now)
+                frame = self._caller_tick(now)
+                if frame is None:
+                    break
+                await self._send(
+                    {
+                        "event": "media",
+                        "sequenceNumber": self._next_sequence(),
+                        "media": {
+                            "track": "inbound",
+                            "chunk": str(tick + 1),
+                            "timestamp": str(tick * FRAME_MS),
+                            "payload": base64.b64encode(frame).decode("ascii"),
+                        },
+                        "streamSid": result.stream_sid,
+                    }
+                )
+                tick += 1
+            if result.ended_by != "server":
+                await self._send(
+                    {
+                        "event": "stop",
+                        "sequenceNumber": self._next_sequence(),
+                        "stop": {"accountSid": self.account_sid, "callSid": call_sid},
+                        "streamSid": result.stream_sid,
+                    }
+                )
+                await self.ws.close()
+        except ConnectionClosed as exc:
+            logger.info("Server closed the media stream: {}", exc)
+            result.ended_by = "server"
+        finally:
+            receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)
+            result.duration_s = now
+            result.heard_pcm = ulaw_decode(b"".join(self.heard))
+
+
+# ---------------------------------------------------------------------------- API
+
+
+async def run_call(
+    server_url: str,
+    wav_path: str,
+    *,
+    auth_token: str | None = None,
+    public_base_url: str | None = None,
+    from_number: str = "+15551230001",
+    to_number: str = "+15559870002",
+    out_wav: str | None = None,
+    min_gap_ms: int = 350,
+    reply_timeout_s: float = 10.0,
+    max_call_s: float = 120.0,
+    ws_url_override: str | None = None,
+) -> CallResult:
+    """Place one simulated inbound Twilio call against an agent server.
+
+    Args:
+        server_url: Where the server listens, e.g. ``http://127.0.0.1:8000``.
+        wav_path: The caller's speech: 16-bit PCM WAV (8000 Hz mono preferred).
+        auth_token: Twilio auth token; when given, the webhook and the WebSocket
+            upgrade carry ``X-Twilio-Signature`` (HMAC-SHA1, computed by the SDK).
+        public_base_url: The server's public base URL, which the signature covers
+            (Twilio signs the URL it was configured with). Defaults to ``server_url``.
+        from_number: Caller's number (E.164), sent as ``From``/``Caller``.
+        to_number: Agent's number (E.164), sent as ``To``/``Called``.
+        out_wav: If given, save the call as heard (8000 Hz 16-bit mono WAV).
+        min_gap_ms: Silence (ms) in the WAV that separates two utterances.
+        reply_timeout_s: Give up waiting for the greeting or a reply after this (s).
+        max_call_s: Hard limit on the call length (s, call time).
+        ws_url_override: Connect here instead of the TwiML's ``<Stream url>``
+            (the signature still covers the TwiML URL, as Twilio would).
+
+    Returns:
+        The call's :class:`CallResult`.
+
+    Raises:
+        WebhookError: The webhook did not answer 2xx.
+        TwimlError: The answer has no ``<Connect><Stream>``.
+        ValueError: No speech found in the WAV.
+    """
+    pcm = load_wav_8k(wav_path)
+    spans = split_utterances(pcm, min_gap_ms=min_gap_ms)
+    if not spans:
+        raise ValueError(f"No speech found in {wav_path}")
+    logger.info("{}: {} utterance(s): {}", wav_path, len(spans),
+                ", ".join(f"{s / SAMPLE_RATE:.2f}-{e / SAMPLE_RATE:.2f} s" for s, e in spans))
+
+    call_sid, account_sid, stream_sid = _sid("CA"), _sid("AC"), _sid("MZ")
+    params = _webhook_params(call_sid, account_sid, from_number, to_number)
+    public_url = (public_base_url or server_url).rstrip("/") + WEBHOOK_PATH
+    validator = RequestValidator(auth_token) if auth_token else None
+    headers = {"User-Agent": "TwilioProxy/1.1"}
+    if validator:
+        headers["X-Twilio-Signature"] = validator.compute_signature(public_url, params)
+    webhook_url = server_url.rstrip("/") + WEBHOOK_PATH
+    async with httpx.AsyncClient(timeout=15.0) as http:
+        response = await http.post(webhook_url, data=params, headers=headers)
+    if not response.is_success:
+        raise WebhookError(
+            f"Webhook {public_url} answered {response.status_code}: {response.text[:300]}"
+        )
+    twiml = response.text
+    stream = parse_twiml(twiml)
+    logger.info("Call {} -> stream {} parameters={}", call_sid, stream.url, stream.parameters)
+
+    result = CallResult(
+        call_sid=call_sid, stream_sid=stream_sid, twiml=twiml, parameters=stream.parameters
+    )
+    result.utterances = [
+        {"start_s": s / SAMPLE_RATE, "end_s": e / SAMPLE_RATE, "sent_at": None, "ended_at": None,
+         "replied": False, "reply_at": None, "reply_delay_ms": None}
+        for s, e in spans
+    ]
+    # Twilio signs every HTTP request it makes, the WebSocket upgrade included: the
+    # signature covers the <Stream url> with no parameters.
+    ws_headers = {}
+    if validator:
+        ws_headers["X-Twilio-Signature"] = validator.compute_signature(stream.url, {})
+    ws_url = ws_url_override or stream.url
+    async with connect(ws_url, additional_headers=ws_headers, max_size=None) as ws:
+        session = _MediaSession(
+            ws, result, account_sid, [_to_ulaw_frames(pcm[s:e]) for s, e in spans],
+            reply_timeout_s=reply_timeout_s, max_call_s=max_call_s,
+        )
+        await session.run(call_sid, stream.parameters)
+    if out_wav:
+        _write_wav_8k(out_wav, result.heard_pcm)
+        logger.info("Call as heard saved to {}", out_wav)
+    return result
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def _load_dotenv(path: Path) -> None:
+    """Load ``KEY=VALUE`` lines from ``path`` into the environment (no override)."""
+    if not path.is_file():
+        return
+    try:
+        from dotenv import load_dotenv
+    except ImportError:
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if not line or line.startswith("#") or "=" not in line:
+                continue
+            key, value = line.removeprefix("export ").split("=", 1)
+            os.environ.setdefault(key.strip(), value.strip().strip("'\""))
+    else:
+        load_dotenv(path, override=False)
+
+
+def _print_turns(server_url: str, call_sid: str) -> None:
+    """Print the server's record of the call (``GET /api/calls/{sid}``), if it has one."""
+    url = f"{server_url.rstrip('/')}/api/calls/{call_sid}"
+    try:
+        for attempt in range(3):  # the server may still be saving the record
+            response = httpx.get(url, timeout=5.0)
+            if response.status_code != 404 or attempt == 2:
+                break
+            time.sleep(0.5)
+    except httpx.HTTPError as exc:
+        logger.info("No call record from the server: {}", exc)
+        return
+    if response.status_code != 200:
+        logger.info("No call record from the server (HTTP {})", response.status_code)
+        return
+    print("Turns recorded by the server:")
+    for turn in response.json().get("turns", []):
+        span = f"{turn.get('started_at')} - {turn.get('ended_at')}"
+        print(f"  [{span}] {turn.get('role')}: {turn.get('text')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: place one call and print what happened.
+
+    Returns:
+        0 if every utterance was answered, else 1 (also when the call failed to set up).
+    """
+    _load_dotenv(Path.cwd() / ".env")
+    parser = argparse.ArgumentParser(
+        prog="python -m offline.caller", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--wav", required=True, help="caller speech, 16-bit PCM WAV")
+    parser.add_argument("--server", default="http://127.0.0.1:8000", help="agent server base URL")
+    parser.add_argument("--out", help="save the call as heard to this WAV")
+    parser.add_argument("--public-base-url", default=os.environ.get("PUBLIC_BASE_URL"),
+                        help="public base URL the signature covers (env PUBLIC_BASE_URL)")
+    parser.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN"),
+                        help="Twilio auth token for X-Twilio-Signature (env TWILIO_AUTH_TOKEN)")
+    parser.add_argument("--ws-url", help="connect to this WebSocket URL instead of the TwiML's")
+    parser.add_argument("--from", dest="from_number", default="+15551230001")
+    parser.add_argument("--to", dest="to_number", default="+15559870002")
+    parser.add_argument("--min-gap-ms", type=int, default=350)
+    parser.add_argument("--reply-timeout", type=float, default=10.0, help="seconds")
+    parser.add_argument("--max-call", type=float, default=120.0, help="seconds")
+    args = parser.parse_args(argv)
+
+    try:
+        result = asyncio.run(
+            run_call(
+                args.server, args.wav, auth_token=args.auth_token or None,
+                public_base_url=args.public_base_url or None, from_number=args.from_number,
+                to_number=args.to_number, out_wav=args.out, min_gap_ms=args.min_gap_ms,
+                reply_timeout_s=args.reply_timeout, max_call_s=args.max_call,
+                ws_url_override=args.ws_url,
+            )
+        )
+    except (CallSetupError, ValueError, OSError, httpx.HTTPError, WebSocketException) as exc:
+        logger.error("Call failed: {}: {}", type(exc).__name__, exc)
+        return 1
+    _print_turns(args.server, result.call_sid)
+    print(result.summary())
+    return 0 if result.all_answered else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
