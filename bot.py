@@ -6,10 +6,12 @@ call ends when:
 
 - the caller hangs up: Twilio sends ``stop`` or closes the socket; the pipeline is
   cancelled at once (nothing queued needs to play to an empty line);
-- the agent ends it (an ``EndWorkerFrame``, e.g. from a tool): queued audio plays
-  out, then the call is completed through Twilio's REST API when credentials are set;
-- the model connection fails: the caller hears a short pre-rendered apology and the
-  call ends, with the reason recorded.
+- the agent ends it (:func:`end_after_playout`, e.g. from a tool): a named Twilio
+  ``mark`` is sent after the last audio, and the pipeline ends when Twilio echoes it,
+  that is when the caller has heard everything; then the call is completed through
+  Twilio's REST API when credentials are set;
+- the model connection fails: the caller hears a short pre-rendered apology, ended
+  the same way, with the reason recorded.
 """
 
 from __future__ import annotations
@@ -22,11 +24,16 @@ from loguru import logger
 
 from pipecat.frames.frames import (
     CancelFrame,
-    EndWorkerFrame,
     ErrorFrame,
+    InputTransportMessageFrame,
     LLMRunFrame,
-    OutputAudioRawFrame,
+    OutputTransportMessageFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
 )
+from pipecat.utils.text.base_text_aggregator import TextType
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.services.llm_service import LLMService
@@ -39,12 +46,16 @@ from processors.twilio_serializer import CALLER_HUNG_UP, TWILIO_SAMPLE_RATE, Twi
 from records import CallStore
 from twilio_rest import complete_call
 
-__all__ = ["AGENT_ENDED", "MODEL_ERROR", "StreamStart", "run_bot"]
+__all__ = ["AGENT_ENDED", "END_OF_CALL_MARK", "MODEL_ERROR", "StreamStart", "run_bot"]
 
 #: End reason when the agent ended the call.
 AGENT_ENDED = "agent_ended"
 #: End reason when the model connection failed and the caller heard the apology.
 MODEL_ERROR = "model_error"
+#: Name of the Twilio mark sent after the agent's last words; its echo ends the call.
+END_OF_CALL_MARK = "end-of-call"
+#: How long to wait for that echo beyond the audio's own length, in seconds.
+END_OF_CALL_GRACE_SECS = 5.0
 
 
 @dataclass
@@ -99,6 +110,7 @@ async def run_bot(
     store: CallStore,
     local_agent_url: str | None = None,
     apology_pcm: bytes | None = None,
+    apology_text: str = "",
     graph: str = "realtime",
 ) -> str:
     """Run one call's pipeline until the call ends.
@@ -110,6 +122,7 @@ async def run_bot(
         store: The call-record store (the call row is created here).
         local_agent_url: The offline agent's URL, for the ``local`` provider.
         apology_pcm: 16-bit PCM at 8000 Hz played if the model fails mid-call.
+        apology_text: The words of ``apology_pcm``, for the call record.
         graph: The name of the graph in :data:`pipelines.GRAPHS`.
 
     Returns:
@@ -133,6 +146,7 @@ async def run_bot(
             audio_out_enabled=True,
             audio_out_sample_rate=TWILIO_SAMPLE_RATE,
             audio_out_10ms_chunks=2,  # 20 ms: one Twilio media frame per chunk
+            audio_out_end_silence_secs=0,  # the end-of-call mark already waits for playout
             serializer=serializer,
         ),
     )
@@ -183,18 +197,48 @@ async def run_bot(
         elif not isinstance(frame, CancelFrame):
             end_reason(AGENT_ENDED)
 
+    fallback: list[asyncio.Task] = []
+
+    async def end_after_playout(reason: str, pcm: bytes | None = None, text: str = "") -> None:
+        """Say ``pcm`` (if any), then end the call once Twilio has played everything.
+
+        Args:
+            reason: The end reason to record.
+            pcm: Last words, 16-bit PCM at 8000 Hz.
+            text: Their text, for the call record.
+        """
+        end_reason(reason)
+        frames = []
+        if pcm:
+            frames += [
+                TTSStartedFrame(),
+                TTSTextFrame(text, text_type=TextType.SENTENCE),
+                TTSAudioRawFrame(pcm, TWILIO_SAMPLE_RATE, 1),
+                TTSStoppedFrame(),
+            ]
+        mark = {"event": "mark", "streamSid": start.stream_sid, "mark": {"name": END_OF_CALL_MARK}}
+        frames.append(OutputTransportMessageFrame(message=mark))
+        await worker.queue_frames(frames)
+        timeout = len(pcm or b"") / (2 * TWILIO_SAMPLE_RATE) + END_OF_CALL_GRACE_SECS
+        fallback.append(asyncio.create_task(_end_later(worker, timeout, reason)))
+
+    worker.set_reached_upstream_filter((InputTransportMessageFrame,))
+
+    @worker.event_handler("on_frame_reached_upstream")
+    async def on_frame_reached_upstream(_worker, frame):
+        message = frame.message if isinstance(frame, InputTransportMessageFrame) else None
+        if isinstance(message, dict) and message.get("event") == "mark":
+            if (message.get("mark") or {}).get("name") == END_OF_CALL_MARK:
+                logger.info(f"[{call_sid}] the caller heard the last words: ending the call")
+                await worker.end(reason=state["reason"])
+
     @worker.event_handler("on_pipeline_error")
     async def on_pipeline_error(_worker, frame: ErrorFrame):
         if state["reason"] is not None or frame.processor is None:
             return
         if frame.processor is model or not frame.processor.is_usable:
             logger.error(f"[{call_sid}] model failed: {frame.error}; apologising and ending")
-            end_reason(MODEL_ERROR)
-            if apology_pcm:
-                await worker.queue_frame(
-                    OutputAudioRawFrame(apology_pcm, TWILIO_SAMPLE_RATE, num_channels=1)
-                )
-            await worker.queue_frame(EndWorkerFrame(reason=MODEL_ERROR))
+            await end_after_playout(MODEL_ERROR, apology_pcm, apology_text)
 
     runner = WorkerRunner(handle_sigint=False)
     try:
@@ -207,6 +251,8 @@ async def run_bot(
         logger.exception(f"[{call_sid}] pipeline failed: {e}")
         end_reason("error")
     finally:
+        for task in fallback:
+            task.cancel()
         reason = state["reason"] or CALLER_HUNG_UP
         await store.end_call(call_sid, reason)
         logger.info(f"[{call_sid}] call ended: {reason}")
@@ -214,3 +260,10 @@ async def run_bot(
         await complete_call(settings, call_sid)
     return reason
 
+
+
+async def _end_later(worker: PipelineWorker, delay_secs: float, reason: str) -> None:
+    """End the worker after ``delay_secs`` if Twilio never echoed the end-of-call mark."""
+    await asyncio.sleep(delay_secs)
+    logger.warning(f"{worker}: no end-of-call mark echo within {delay_secs:.1f} s; ending anyway")
+    await worker.end(reason=reason)

@@ -188,6 +188,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 store=app.state.store,
                 local_agent_url=app.state.local_agent_url,
                 apology_pcm=app.state.apology,
+                apology_text=APOLOGY_TEXT,
             )
         finally:
             app.state.calls.pop(start.call_sid, None)

@@ -8,78 +8,21 @@ The simulated caller speaks the Twilio Media Streams protocol over loopback.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from offline.caller import run_call
-
-ROOT = Path(__file__).resolve().parent.parent
-AUDIO = ROOT.parent / "shared" / "audio"
-TOKEN = "e2e-auth-token-0123456789abcdef"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support import AUDIO, TOKEN, running_server, speech_fraction
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The real server process; yields its base URL and its log file path."""
-    port = _free_port()
-    tmp = tmp_path_factory.mktemp("server")
-    log = tmp / "server.log"
-    env = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-        "TWILIO_AUTH_TOKEN": TOKEN,
-        "CALLS_DB_PATH": str(tmp / "calls.db"),
-        "AGENT_PROVIDER": "local",
-        "LOG_LEVEL": "INFO",
-    }
-    for key in ("GOOGLE_API_KEY", "OPENAI_API_KEY", "LOCAL_AGENT_BASE_URL", "TWILIO_ACCOUNT_SID"):
-        env.pop(key, None)
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "server.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"server did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    yield url, log
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
-def _speech_fraction(pcm: bytes, threshold_dbfs: float = -45.0) -> float:
-    x = np.frombuffer(pcm, dtype="<i2").astype(float)
-    frames = x[: len(x) // 160 * 160].reshape(-1, 160)
-    rms = np.sqrt(np.mean(frames**2, axis=1)) / 32768
-    return float(np.mean(20 * np.log10(rms + 1e-9) > threshold_dbfs))
+    """The real server process with the offline agent; yields (base URL, log path)."""
+    with running_server(tmp_path_factory.mktemp("server")) as running:
+        yield running
 
 
 def _ts(value: str) -> datetime:
@@ -99,7 +42,7 @@ async def test_a_call_with_real_speech_is_answered_and_recorded(server, tmp_path
     assert result.greeting_ms is not None
     assert len(result.utterances) >= 3  # jfk_8k.wav has pauses between its phrases
     assert all(u["replied"] for u in result.utterances), result.summary()
-    assert heard_wav.exists() and _speech_fraction(result.heard_pcm) > 0.3
+    assert heard_wav.exists() and speech_fraction(result.heard_pcm) > 0.3
     # The stream carried the TwiML's parameters, as Twilio's start message does.
     assert result.parameters["from"] == "+15551230001"
 

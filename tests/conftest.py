@@ -1,0 +1,12 @@
+"""Fixtures shared by the tests."""
+
+import pytest
+
+from tests.support import FakeTwilioRest
+
+
+@pytest.fixture
+def fake_twilio_rest():
+    """A running local fake of Twilio's REST API (Call resource updates)."""
+    with FakeTwilioRest() as fake:
+        yield fake
