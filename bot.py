@@ -6,7 +6,7 @@ call ends when:
 
 - the caller hangs up: Twilio sends ``stop`` or closes the socket; the pipeline is
   cancelled at once (nothing queued needs to play to an empty line);
-- the agent ends it (:func:`end_after_playout`, e.g. from a tool): a named Twilio
+- the agent ends it (``end_after_playout`` inside :func:`run_bot`): a named Twilio
   ``mark`` is sent after the last audio, and the pipeline ends when Twilio echoes it,
   that is when the caller has heard everything; then the call is completed through
   Twilio's REST API when credentials are set;

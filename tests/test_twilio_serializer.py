@@ -1,0 +1,96 @@
+"""Twilio Media Streams serializer: our codec on the audio path, and bad input never raises."""
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from pipecat.frames.frames import (
+    CancelWorkerFrame,
+    InputAudioRawFrame,
+    InputDTMFFrame,
+    InputTransportMessageFrame,
+    InterruptionFrame,
+    OutputAudioRawFrame,
+)
+from processors.g711 import ulaw_decode, ulaw_encode
+from processors.twilio_serializer import CALLER_HUNG_UP, TwilioMediaSerializer
+
+STREAM = "MZ" + "a" * 32
+
+
+@pytest.fixture
+def serializer():
+    return TwilioMediaSerializer(STREAM, "CA" + "b" * 32)
+
+
+def _media(payload: bytes) -> str:
+    return json.dumps(
+        {"event": "media", "streamSid": STREAM, "media": {"payload": base64.b64encode(payload).decode()}}
+    )
+
+
+@pytest.mark.asyncio
+async def test_inbound_media_becomes_8khz_pcm_without_resampling(serializer):
+    ulaw = bytes(range(96, 256))  # one 20 ms frame: 160 mu-law bytes
+    frame = await serializer.deserialize(_media(ulaw))
+    assert isinstance(frame, InputAudioRawFrame)
+    assert frame.sample_rate == 8000 and frame.num_frames == 160
+    assert frame.audio == ulaw_decode(ulaw)
+
+
+@pytest.mark.asyncio
+async def test_outbound_8khz_audio_becomes_one_media_message(serializer):
+    pcm = (np.sin(np.arange(160) / 3) * 8000).astype("<i2").tobytes()
+    message = json.loads(await serializer.serialize(OutputAudioRawFrame(pcm, 8000, 1)))
+    assert message["event"] == "media" and message["streamSid"] == STREAM
+    assert base64.b64decode(message["media"]["payload"]) == ulaw_encode(pcm)
+
+
+@pytest.mark.asyncio
+async def test_outbound_audio_at_another_rate_is_still_converted(serializer):
+    pcm = np.zeros(480, dtype="<i2").tobytes()  # 20 ms at 24 kHz
+    message = json.loads(await serializer.serialize(OutputAudioRawFrame(pcm, 24000, 1)))
+    assert len(base64.b64decode(message["media"]["payload"])) == 160
+
+
+@pytest.mark.asyncio
+async def test_interruption_clears_twilios_buffer(serializer):
+    message = json.loads(await serializer.serialize(InterruptionFrame()))
+    assert message == {"event": "clear", "streamSid": STREAM}
+
+
+@pytest.mark.asyncio
+async def test_stop_ends_the_call_and_mark_is_passed_on(serializer):
+    stop = await serializer.deserialize(json.dumps({"event": "stop", "streamSid": STREAM}))
+    assert isinstance(stop, CancelWorkerFrame) and stop.reason == CALLER_HUNG_UP
+    mark = {"event": "mark", "streamSid": STREAM, "mark": {"name": "m1"}}
+    frame = await serializer.deserialize(json.dumps(mark))
+    assert isinstance(frame, InputTransportMessageFrame) and frame.message == mark
+
+
+@pytest.mark.asyncio
+async def test_dtmf_reaches_the_pipeline(serializer):
+    frame = await serializer.deserialize(json.dumps({"event": "dtmf", "dtmf": {"digit": "5"}}))
+    assert isinstance(frame, InputDTMFFrame) and frame.button.value == "5"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "message",
+    [
+        "not json",
+        b"\x00\x01binary",
+        "[1, 2, 3]",
+        json.dumps({"event": "media", "media": {"payload": "***not base64***"}}),
+        json.dumps({"event": "media", "media": {}}),
+        json.dumps({"event": "media", "media": "oops"}),
+        json.dumps({"event": "dtmf", "dtmf": {"digit": "X"}}),
+        json.dumps({"event": "dtmf", "dtmf": None}),
+        json.dumps({"event": "no-such-event"}),
+        json.dumps({"no": "event"}),
+    ],
+)
+async def test_malformed_messages_are_dropped_not_raised(serializer, message):
+    assert await serializer.deserialize(message) is None
