@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     GEMINI_MODEL: str = "models/gemini-2.5-flash-native-audio-preview-09-2025"
     LOCAL_AGENT_BASE_URL: str | None = None  # an already running offline agent; else one is started
     LOCAL_AGENT_DELAY_MS: int = Field(default=0, ge=0)
+    LOCAL_AGENT_EVENT_LOG: str | None = None  # JSON lines of what the offline agent received
 
     AGENT_INSTRUCTIONS: str = (
         "You are the friendly front-desk agent of the Grand Harbor Hotel, answering the phone. "
@@ -72,7 +73,9 @@ class Settings(BaseSettings):
         "Keep every answer short and spoken: one or two sentences, no lists or markup."
     )
     AGENT_GREETING_PROMPT: str = "A caller has just been connected. Greet them and ask how you can help."
+    BARGE_IN_MIN_SECS: float = Field(default=0.3, gt=0, le=2.0)
     VAD_STOP_SECS: float = Field(default=0.2, gt=0, le=2.0)
+    VAD_MIN_VOLUME: float = Field(default=0.5, ge=0, le=1.0)
     USER_TURN_TIMEOUT_SECS: float = Field(default=0.6, gt=0, le=5.0)
 
     CALLS_DB_PATH: str = "calls.db"

@@ -37,10 +37,13 @@ CREATE TABLE IF NOT EXISTS turns (
     text        TEXT NOT NULL,
     started_at  TEXT NOT NULL,
     ended_at    TEXT NOT NULL,
-    interrupted INTEGER NOT NULL DEFAULT 0
+    interrupted INTEGER NOT NULL DEFAULT 0,
+    audio_played_ms INTEGER,
+    generated_text TEXT
 );
 CREATE INDEX IF NOT EXISTS turns_by_call ON turns (call_sid, id);
 """
+_ADDED_TURN_COLUMNS = {"audio_played_ms": "INTEGER", "generated_text": "TEXT"}
 
 
 def utc_now() -> str:
@@ -66,6 +69,10 @@ class CallStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(turns)")}
+            for column, kind in _ADDED_TURN_COLUMNS.items():  # files from older versions
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE turns ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         """Close the database."""
@@ -113,6 +120,8 @@ class CallStore:
         started_at: str,
         ended_at: str,
         interrupted: bool = False,
+        audio_played_ms: int | None = None,
+        generated_text: str | None = None,
     ) -> None:
         """Append one completed turn to a call, committed at once.
 
@@ -124,12 +133,17 @@ class CallStore:
             started_at: ISO 8601 UTC time the turn's audio started.
             ended_at: ISO 8601 UTC time the turn's audio ended.
             interrupted: Whether the caller cut the turn off.
+            audio_played_ms: For the agent's turns: how much of its audio the caller
+                heard, in ms (from Twilio's mark echoes).
+            generated_text: For the agent's turns: everything the model said, of
+                which ``text`` is the part heard.
         """
         await asyncio.to_thread(
             self._write,
-            "INSERT INTO turns (call_sid, role, text, started_at, ended_at, interrupted)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (call_sid, role, text, started_at, ended_at, int(interrupted)),
+            "INSERT INTO turns (call_sid, role, text, started_at, ended_at, interrupted,"
+            " audio_played_ms, generated_text) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (call_sid, role, text, started_at, ended_at, int(interrupted), audio_played_ms,
+             generated_text),
         )
 
     async def end_call(self, call_sid: str, reason: str) -> None:
@@ -153,16 +167,17 @@ class CallStore:
 
         Returns:
             ``{call_sid, stream_sid, from, to, provider, started_at, ended_at,
-            end_reason, turns: [{role, text, started_at, ended_at, interrupted}]}``,
-            or None if no such call.
+            end_reason, turns: [{role, text, started_at, ended_at, interrupted}]}``
+            in the order the turns started; the agent's turns also carry
+            ``audio_played_ms`` and ``generated_text``. None if no such call.
         """
         with self._lock:
             call = self._db.execute("SELECT * FROM calls WHERE call_sid=?", (call_sid,)).fetchone()
             if call is None:
                 return None
             turns = self._db.execute(
-                "SELECT role, text, started_at, ended_at, interrupted FROM turns"
-                " WHERE call_sid=? ORDER BY id",
+                "SELECT role, text, started_at, ended_at, interrupted, audio_played_ms,"
+                " generated_text FROM turns WHERE call_sid=? ORDER BY started_at, id",
                 (call_sid,),
             ).fetchall()
         return {
@@ -174,5 +189,14 @@ class CallStore:
             "started_at": call["started_at"],
             "ended_at": call["ended_at"],
             "end_reason": call["end_reason"],
-            "turns": [{**dict(t), "interrupted": bool(t["interrupted"])} for t in turns],
+            "turns": [_turn_json(t) for t in turns],
         }
+
+
+def _turn_json(row: sqlite3.Row) -> dict[str, Any]:
+    turn = {k: row[k] for k in ("role", "text", "started_at", "ended_at")}
+    turn["interrupted"] = bool(row["interrupted"])
+    if row["role"] == "assistant":
+        turn["audio_played_ms"] = row["audio_played_ms"]
+        turn["generated_text"] = row["generated_text"]
+    return turn

@@ -116,7 +116,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.provider == "local" and not settings.LOCAL_AGENT_BASE_URL:
             from offline.realtime_server import OfflineRealtimeServer
 
-            agent = OfflineRealtimeServer(response_delay_ms=settings.LOCAL_AGENT_DELAY_MS)
+            agent = OfflineRealtimeServer(
+                response_delay_ms=settings.LOCAL_AGENT_DELAY_MS,
+                event_log=settings.LOCAL_AGENT_EVENT_LOG,
+            )
             await agent.start()
             app.state.local_agent = agent
             app.state.local_agent_url = agent.url

@@ -60,6 +60,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from processors.g711 import ULAW_SILENCE, ulaw_decode, ulaw_encode
 
 __all__ = [
+    "CallerBehaviour",
     "CallResult",
     "CallSetupError",
     "PlayoutBuffer",
@@ -460,6 +461,9 @@ class CallResult:
     dropped_ms: float = 0.0
     duration_s: float = 0.0
     ended_by: str = "caller"
+    clear_events: list[dict[str, Any]] = field(default_factory=list)
+    stale_media_after_clear: int = 0
+    backchannel_at: float | None = None
 
     @property
     def all_answered(self) -> bool:
@@ -510,6 +514,29 @@ class CallResult:
 # ------------------------------------------------------------------------ session
 
 
+@dataclass
+class CallerBehaviour:
+    """How the simulated caller behaves beyond polite turn-taking.
+
+    Parameters:
+        barge_in_after_ms: Start the next utterance this long after the agent's audio
+            began playing, talking over it (ms); None waits for the agent to finish.
+        echo_db: Feed the agent's audio, as played, back into the caller's line at this
+            level relative to it (dB, e.g. -20), like a phone's acoustic/hybrid echo.
+        echo_delay_ms: Delay of that echo path (ms).
+        backchannel_ms: Once, 1.5 s into the greeting, say this much of the first
+            utterance (ms), like a caller's "mm-hm", and go on waiting.
+        speech_dbfs: Scale the caller's speech so its active level is this (dBFS),
+            e.g. -35 for a quiet phone caller; None keeps the WAV's level.
+    """
+
+    barge_in_after_ms: float | None = None
+    echo_db: float | None = None
+    echo_delay_ms: float = 40.0
+    backchannel_ms: float | None = None
+    speech_dbfs: float | None = None
+
+
 class _MediaSession:
     """One Media Stream WebSocket: the 20 ms clock, the caller's turns, the playout.
 
@@ -525,8 +552,21 @@ class _MediaSession:
         *,
         reply_timeout_s: float,
         max_call_s: float,
+        behaviour: CallerBehaviour | None = None,
     ) -> None:
         self.ws = ws
+        self.behaviour = behaviour or CallerBehaviour()
+        self.t0 = 0.0  # loop time of the call's start, s
+        self.reply_played_bytes = 0  # agent audio played since the current reply began
+        self.barged_in_phase = False
+        self.cleared_this_utterance = False
+        self.backchannel_left = (
+            int(self.behaviour.backchannel_ms // FRAME_MS) if self.behaviour.backchannel_ms else 0
+        )
+        delay_frames = max(1, round(self.behaviour.echo_delay_ms / FRAME_MS))
+        self.echo_line: deque[np.ndarray] = deque(
+            [np.zeros(FRAME_SAMPLES)] * delay_frames, maxlen=delay_frames
+        )
         self.result = result
         self.account_sid = account_sid
         self.utterance_frames = utterances
@@ -583,6 +623,10 @@ class _MediaSession:
             self.result.media_received += 1
             if self.result.clears:
                 self.result.media_after_clear += 1
+                if self.state == "speaking" and self.cleared_this_utterance:
+                    # No new reply can start while the caller is still talking: this is
+                    # audio of the interrupted reply arriving after its clear.
+                    self.result.stale_media_after_clear += 1
         elif event == "mark":
             self.result.marks_received += 1
             self.buffer.push_mark(str(message.get("mark", {}).get("name", "")))
@@ -591,6 +635,14 @@ class _MediaSession:
             dropped = self.buffer.queued_bytes
             self.result.dropped_ms += dropped * 1000.0 / SAMPLE_RATE
             pending = self.buffer.clear()
+            now = asyncio.get_running_loop().time() - self.t0
+            self.result.clear_events.append(
+                {"at": now, "reply_played_ms": self.reply_played_bytes * 1000 / SAMPLE_RATE,
+                 "dropped_ms": dropped * 1000 / SAMPLE_RATE, "state": self.state,
+                 "utterance": self.utterance}
+            )
+            self.reply_played_bytes = 0
+            self.cleared_this_utterance = self.state == "speaking"
             logger.info("clear: dropped {} ms of agent audio, {} pending mark(s) echoed",
                         dropped * 1000 // SAMPLE_RATE, len(pending))
             for name in pending:
@@ -604,8 +656,12 @@ class _MediaSession:
         """Echo due marks, then play one frame of the agent's audio."""
         for name in self.buffer.due_marks():
             await self._echo_mark(name)
-        frame, _ = self.buffer.pop_frame()
+        frame, taken = self.buffer.pop_frame()
+        self.reply_played_bytes += taken
         self.heard.append(frame)
+        if self.behaviour.echo_db is not None:
+            played = np.frombuffer(ulaw_decode(frame), dtype="<i2").astype(np.float64)
+            self.echo_line.append(played * 10 ** (self.behaviour.echo_db / 20))
         if not _ulaw_is_voiced(frame):
             return
         self.last_voiced_at = now
@@ -642,10 +698,48 @@ class _MediaSession:
             return
         self.state = "speaking"
         self.frame_in_utterance = 0
-        self.result.utterances[self.utterance]["sent_at"] = now
+        self.cleared_this_utterance = False
+        utterance = self.result.utterances[self.utterance]
+        utterance["sent_at"] = now
+        voiced = [i for i, f in enumerate(self.utterance_frames[self.utterance]) if _ulaw_is_voiced(f)]
+        utterance["onset_at"] = now + (voiced[0] if voiced else 0) * FRAME_S
 
     def _caller_tick(self, now: float) -> bytes | None:
-        """Advance the caller's turn-taking and return the frame to send (None: hang up)."""
+        """The frame the caller sends now, with the line's echo mixed in (None: hang up)."""
+        frame = self._speech_tick(now)
+        if frame is None or self.behaviour.echo_db is None:
+            return frame
+        mixed = np.frombuffer(ulaw_decode(frame), dtype="<i2") + self.echo_line[0]
+        return ulaw_encode(np.clip(np.rint(mixed), -32768, 32767).astype("<i2").tobytes())
+
+    def _speech_tick(self, now: float) -> bytes | None:
+        """Advance the caller's turn-taking and return the speech frame to send."""
+        behaviour = self.behaviour
+        if (
+            self.state in ("greeting", "awaiting_reply")
+            and behaviour.barge_in_after_ms is not None
+            and self.heard_in_phase is not None
+            and not self.barged_in_phase
+            and now - self.heard_in_phase >= behaviour.barge_in_after_ms / 1000
+            and self.utterance + (self.state == "awaiting_reply") < len(self.utterance_frames)
+        ):
+            self.barged_in_phase = True
+            self._begin_next_utterance(now)
+            self.result.utterances[self.utterance]["barged_in"] = True
+        if (
+            self.state == "greeting"
+            and self.backchannel_left
+            and self.heard_in_phase is not None
+            and now - self.heard_in_phase >= 1.5
+        ):
+            frames = self.utterance_frames[0]
+            start = min(5, len(frames) - 1)  # skip the utterance's leading pad
+            index = min(start + int(behaviour.backchannel_ms // FRAME_MS) - self.backchannel_left,
+                        len(frames) - 1)
+            self.backchannel_left -= 1
+            if self.result.backchannel_at is None:
+                self.result.backchannel_at = now
+            return frames[index]
         if self.state in ("greeting", "awaiting_reply"):
             waited = now - self.phase_started
             if self._agent_done(now):
@@ -669,6 +763,8 @@ class _MediaSession:
             self.state = "awaiting_reply"
             self.phase_started = now
             self.heard_in_phase = None
+            self.barged_in_phase = False
+            self.reply_played_bytes = 0
         return frame
 
     # -- the call -------------------------------------------------------------------
@@ -697,7 +793,7 @@ class _MediaSession:
             }
         )
         loop = asyncio.get_running_loop()
-        t0 = loop.time()
+        t0 = self.t0 = loop.time()
         receiver = asyncio.create_task(self.receive())
         tick = 0
         now = 0.0
@@ -774,6 +870,7 @@ async def run_call(
     reply_timeout_s: float = 10.0,
     max_call_s: float = 120.0,
     ws_url_override: str | None = None,
+    behaviour: CallerBehaviour | None = None,
 ) -> CallResult:
     """Place one simulated inbound Twilio call against an agent server.
 
@@ -792,6 +889,7 @@ async def run_call(
         max_call_s: Hard limit on the call length (s, call time).
         ws_url_override: Connect here instead of the TwiML's ``<Stream url>``
             (the signature still covers the TwiML URL, as Twilio would).
+        behaviour: Barge-in, echo, backchannel and level options; polite by default.
 
     Returns:
         The call's :class:`CallResult`.
@@ -803,6 +901,8 @@ async def run_call(
     """
     pcm = load_wav_8k(wav_path)
     spans = split_utterances(pcm, min_gap_ms=min_gap_ms)
+    if behaviour and behaviour.speech_dbfs is not None and spans:
+        pcm = _scale_speech(pcm, spans, behaviour.speech_dbfs)
     if not spans:
         raise ValueError(f"No speech found in {wav_path}")
     logger.info("{}: {} utterance(s): {}", wav_path, len(spans),
@@ -843,13 +943,24 @@ async def run_call(
     async with connect(ws_url, additional_headers=ws_headers, max_size=None) as ws:
         session = _MediaSession(
             ws, result, account_sid, [_to_ulaw_frames(pcm[s:e]) for s, e in spans],
-            reply_timeout_s=reply_timeout_s, max_call_s=max_call_s,
+            reply_timeout_s=reply_timeout_s, max_call_s=max_call_s, behaviour=behaviour,
         )
         await session.run(call_sid, stream.parameters)
     if out_wav:
         _write_wav_8k(out_wav, result.heard_pcm)
         logger.info("Call as heard saved to {}", out_wav)
     return result
+
+
+def _scale_speech(pcm: np.ndarray, spans: list[tuple[int, int]], dbfs: float) -> np.ndarray:
+    """Scale ``pcm`` so the RMS of its voiced 20 ms frames is ``dbfs`` (dBFS)."""
+    speech = np.concatenate([pcm[s:e] for s, e in spans]).astype(np.float64)
+    frames = speech[: len(speech) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)
+    rms = np.sqrt(np.mean(frames**2, axis=1))
+    active = rms[rms > np.percentile(rms, 50)]
+    level = 20 * np.log10(np.sqrt(np.mean(active**2)) / 32768)
+    gain = 10 ** ((dbfs - level) / 20)
+    return np.clip(np.rint(pcm * gain), -32768, 32767).astype(np.int16)
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -5,6 +5,11 @@ Caller audio enters at 8 kHz and is resampled once, to the model's input rate; t
 model's audio leaves at 24 kHz and is resampled once, to 8 kHz. Both conversions are
 our low-delay filters (~3 ms each); every other resampler on the path sees matching
 rates and does nothing.
+
+Barge-in: the echo canceller removes the agent's own voice from the caller's audio,
+Silero VAD (at least ``BARGE_IN_MIN_SECS`` of speech) starts the caller's turn, which
+interrupts the agent: Twilio gets ``clear``, the model ``response.cancel`` and a
+truncation at the position the playout tracker read from Twilio's mark echoes.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from pipelines.base import CallContext
 from pipelines.services import speech_to_speech
+from processors.barge_in import PlayoutTracker
+from processors.echo import EchoCanceller
 from processors.resampler import AudioResamplerProcessor
 from processors.transcript import TranscriptLogger
 from processors.twilio_serializer import TWILIO_SAMPLE_RATE
@@ -40,9 +47,16 @@ def build(call: CallContext) -> list[FrameProcessor]:
     Returns:
         The processors in pipeline order.
     """
-    s2s = speech_to_speech(call.settings, local_agent_url=call.local_agent_url)
+    playout = PlayoutTracker(call.stream_sid)
+    s2s = speech_to_speech(call.settings, playout, local_agent_url=call.local_agent_url)
     context = LLMContext(messages=[{"role": "user", "content": call.settings.AGENT_GREETING_PROMPT}])
-    vad = SileroVADAnalyzer(params=VADParams(stop_secs=call.settings.VAD_STOP_SECS))
+    vad = SileroVADAnalyzer(
+        params=VADParams(
+            start_secs=call.settings.BARGE_IN_MIN_SECS,
+            stop_secs=call.settings.VAD_STOP_SECS,
+            min_volume=call.settings.VAD_MIN_VOLUME,
+        )
+    )
     turns = UserTurnStrategies(
         start=[VADUserTurnStartStrategy()],
         stop=[
@@ -55,16 +69,17 @@ def build(call: CallContext) -> list[FrameProcessor]:
         context,
         user_params=LLMUserAggregatorParams(vad_analyzer=vad, user_turn_strategies=turns),
     )
-    transcript = TranscriptLogger(call.store, call.call_sid)
+    transcript = TranscriptLogger(call.store, call.call_sid, playout)
 
     return [
         call.transport.input(),  # Twilio media -> 8 kHz PCM (our G.711 codec)
+        EchoCanceller(playout),  # the agent's own voice leaking back is not the caller
         context_aggregators.user(),  # Silero VAD at 8 kHz: caller turns and barge-in
         AudioResamplerProcessor(s2s.input_sample_rate, InputAudioRawFrame),  # 8 kHz -> model
         transcript.user(),  # caller turns -> call record
         s2s.service,  # the speech-to-speech model
         AudioResamplerProcessor(TWILIO_SAMPLE_RATE, OutputAudioRawFrame),  # model -> 8 kHz
-        call.transport.output(),  # 20 ms mu-law media frames to Twilio
-        transcript.assistant(),  # agent turns, as played -> call record
+        playout,  # 20 ms frames + Twilio marks; what was heard; agent turns -> call record
+        call.transport.output(),  # mu-law media frames and marks to Twilio
         context_aggregators.assistant(),
     ]

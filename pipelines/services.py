@@ -24,6 +24,8 @@ from pipecat.services.openai.realtime import events
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
 
 from config import Settings
+from processors.barge_in import PlayoutTracker
+from processors.openai_truncation import PlayoutAwareOpenAIRealtimeLLMService
 
 __all__ = ["SpeechToSpeech", "speech_to_speech"]
 
@@ -43,11 +45,14 @@ class SpeechToSpeech:
     output_sample_rate: int
 
 
-def speech_to_speech(settings: Settings, *, local_agent_url: str | None = None) -> SpeechToSpeech:
+def speech_to_speech(
+    settings: Settings, playout: PlayoutTracker, *, local_agent_url: str | None = None
+) -> SpeechToSpeech:
     """Build the configured provider's speech-to-speech service for one call.
 
     Args:
         settings: The server's settings (provider, keys, base URLs, instructions).
+        playout: The call's playout tracker (OpenAI truncation follows what was heard).
         local_agent_url: The offline agent's WebSocket URL; required for ``local``.
 
     Returns:
@@ -60,13 +65,15 @@ def speech_to_speech(settings: Settings, *, local_agent_url: str | None = None) 
         return _gemini(settings)
     if settings.provider == "openai":
         key = settings.OPENAI_API_KEY.get_secret_value() if settings.OPENAI_API_KEY else ""
-        return _openai_realtime(settings, key, settings.OPENAI_REALTIME_BASE_URL)
+        return _openai_realtime(settings, playout, key, settings.OPENAI_REALTIME_BASE_URL)
     if not local_agent_url:
         raise ValueError("provider 'local' needs the offline agent's URL")
-    return _openai_realtime(settings, "offline", local_agent_url)
+    return _openai_realtime(settings, playout, "offline", local_agent_url)
 
 
-def _openai_realtime(settings: Settings, api_key: str, base_url: str) -> SpeechToSpeech:
+def _openai_realtime(
+    settings: Settings, playout: PlayoutTracker, api_key: str, base_url: str
+) -> SpeechToSpeech:
     session = events.SessionProperties(
         audio=events.AudioConfiguration(
             input=events.AudioInput(
@@ -77,7 +84,8 @@ def _openai_realtime(settings: Settings, api_key: str, base_url: str) -> SpeechT
             output=events.AudioOutput(voice="marin"),
         ),
     )
-    service = OpenAIRealtimeLLMService(
+    service = PlayoutAwareOpenAIRealtimeLLMService(
+        playout=playout,
         api_key=api_key,
         base_url=base_url,
         settings=OpenAIRealtimeLLMService.Settings(

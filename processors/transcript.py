@@ -1,43 +1,37 @@
 """Transcript logger: writes each user and assistant turn into the call record.
 
-Two processors share one logger, because a turn's facts pass different points of
-the pipeline:
+- Caller turns: :meth:`TranscriptLogger.user` is a processor placed just before the
+  speech-to-speech service. It sees ``UserStartedSpeakingFrame`` /
+  ``UserStoppedSpeakingFrame`` going downstream (from the user aggregator's VAD) and
+  the ``TranscriptionFrame`` that the service pushes upstream once it has
+  transcribed the turn.
+- Agent turns: :meth:`TranscriptLogger.record_reply` is the handler of the playout
+  tracker's ``on_reply_finished`` event, so an agent turn is recorded as the caller
+  heard it: when it finished playing at Twilio or was cut off, with the audio played
+  (from mark echoes), the text heard and the text generated.
 
-- :meth:`TranscriptLogger.user`, placed just before the speech-to-speech service,
-  sees ``UserStartedSpeakingFrame`` / ``UserStoppedSpeakingFrame`` going downstream
-  (from the user aggregator's VAD) and the ``TranscriptionFrame`` that the service
-  pushes upstream once it has transcribed the turn;
-- :meth:`TranscriptLogger.assistant`, placed just after the output transport, sees
-  ``BotStartedSpeakingFrame`` / ``BotStoppedSpeakingFrame`` and the ``TTSTextFrame``s
-  that the transport releases in step with the audio it sends, and
-  ``InterruptionFrame`` when the caller cuts the agent off.
-
-A turn is committed to the store as soon as it completes (the assistant's when the
-bot stops speaking, the caller's when its transcript arrives), so a crash loses at
-most the turn in progress. At the end of the call, turns still open are written too.
+A turn is committed to the store as soon as it completes, so a crash loses at most
+the turn in progress. At the end of the call, caller turns still open are written too.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from loguru import logger
 
 from pipecat.frames.frames import (
-    BotStartedSpeakingFrame,
-    BotStoppedSpeakingFrame,
     CancelFrame,
     EndFrame,
     Frame,
-    InterruptionFrame,
     TranscriptionFrame,
-    TTSTextFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
+from processors.barge_in import PlayoutTracker, Reply
 from records import CallStore, utc_now
 
 __all__ = ["TranscriptLogger"]
@@ -47,12 +41,6 @@ __all__ = ["TranscriptLogger"]
 class _Turn:
     started_at: str
     ended_at: str | None = None
-    parts: list[str] = field(default_factory=list)
-    interrupted: bool = False
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts).strip()
 
 
 class TranscriptLogger:
@@ -61,38 +49,51 @@ class TranscriptLogger:
     Args:
         store: Where the call record lives.
         call_sid: The call whose turns these are.
+        playout: The call's playout tracker, whose finished replies are the agent's turns.
     """
 
-    def __init__(self, store: CallStore, call_sid: str):
+    def __init__(self, store: CallStore, call_sid: str, playout: PlayoutTracker):
         self._store = store
         self._call_sid = call_sid
         self._user_turn: _Turn | None = None
         self._awaiting_transcript: deque[_Turn] = deque()
-        self._assistant_turn: _Turn | None = None
-        self._assistant_text: list[str] = []
         self._user = _UserTurnTap(self, name="TranscriptLogger.user")
-        self._assistant = _AssistantTurnTap(self, name="TranscriptLogger.assistant")
-        self.turns_written = 0
+        playout.add_event_handler("on_reply_finished", self.record_reply)
 
     def user(self) -> FrameProcessor:
         """The processor to place just before the speech-to-speech service."""
         return self._user
 
-    def assistant(self) -> FrameProcessor:
-        """The processor to place just after the output transport."""
-        return self._assistant
-
-    async def _write(self, role: str, turn: _Turn, text: str) -> None:
+    async def _write_user(self, turn: _Turn, text: str) -> None:
         await self._store.add_turn(
             self._call_sid,
-            role=role,
+            role="user",
             text=text,
             started_at=turn.started_at,
             ended_at=turn.ended_at or utc_now(),
-            interrupted=turn.interrupted,
         )
-        self.turns_written += 1
-        logger.info(f"[{self._call_sid}] {role}: {text}")
+        logger.info(f"[{self._call_sid}] user: {text}")
+
+    async def record_reply(self, _tracker: PlayoutTracker, reply: Reply) -> None:
+        """Record one agent turn as heard (the ``on_reply_finished`` handler).
+
+        Args:
+            _tracker: The playout tracker that reports it.
+            reply: The finished reply.
+        """
+        text = reply.heard_text
+        await self._store.add_turn(
+            self._call_sid,
+            role="assistant",
+            text=text,
+            started_at=reply.started_at or utc_now(),
+            ended_at=reply.ended_at or utc_now(),
+            interrupted=reply.interrupted,
+            audio_played_ms=reply.played_ms,
+            generated_text=reply.generated_text,
+        )
+        cut = f" (interrupted at {reply.played_ms} of {reply.generated_ms} ms)" if reply.interrupted else ""
+        logger.info(f"[{self._call_sid}] assistant{cut}: {text}")
 
     # caller side
 
@@ -110,38 +111,15 @@ class TranscriptLogger:
                 turn = self._user_turn or _Turn(started_at=utc_now())
                 turn.ended_at = turn.ended_at or utc_now()
                 self._user_turn = None
-            await self._write("user", turn, frame.text.strip())
-
-    # agent side
-
-    async def _on_assistant_frame(self, frame: Frame) -> None:
-        if isinstance(frame, BotStartedSpeakingFrame):
-            self._assistant_turn = _Turn(started_at=utc_now(), parts=self._assistant_text)
-            self._assistant_text = []
-        elif isinstance(frame, TTSTextFrame):
-            text = frame.text if frame.includes_inter_frame_spaces else f"{frame.text} "
-            if self._assistant_turn:
-                self._assistant_turn.parts.append(text)
-            else:
-                self._assistant_text.append(text)
-        elif isinstance(frame, InterruptionFrame) and self._assistant_turn:
-            self._assistant_turn.interrupted = True
-        elif isinstance(frame, BotStoppedSpeakingFrame) and self._assistant_turn:
-            turn, self._assistant_turn = self._assistant_turn, None
-            turn.ended_at = utc_now()
-            await self._write("assistant", turn, turn.text)
+            await self._write_user(turn, frame.text.strip())
 
     async def flush(self) -> None:
-        """Write the turns still open (the call is ending)."""
-        if self._assistant_turn:
-            turn, self._assistant_turn = self._assistant_turn, None
-            turn.interrupted = True
-            await self._write("assistant", turn, turn.text)
+        """Write the caller turns still open (the call is ending)."""
         pending = list(self._awaiting_transcript) + ([self._user_turn] if self._user_turn else [])
         self._awaiting_transcript.clear()
         self._user_turn = None
         for turn in pending:
-            await self._write("user", turn, "[caller spoke, no transcript]")
+            await self._write_user(turn, "[caller spoke, no transcript]")
 
 
 class _UserTurnTap(FrameProcessor):
@@ -157,25 +135,6 @@ class _UserTurnTap(FrameProcessor):
             frame, (UserStartedSpeakingFrame, UserStoppedSpeakingFrame, TranscriptionFrame)
         ):
             await self._owner._on_user_frame(frame)
-        elif isinstance(frame, (EndFrame, CancelFrame)):
-            await self._owner.flush()
-        await self.push_frame(frame, direction)
-
-
-class _AssistantTurnTap(FrameProcessor):
-    """Forwards every frame; reports agent-turn frames to the logger."""
-
-    def __init__(self, owner: TranscriptLogger, **kwargs):
-        super().__init__(**kwargs)
-        self._owner = owner
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection):
-        await super().process_frame(frame, direction)
-        if direction == FrameDirection.DOWNSTREAM and isinstance(
-            frame,
-            (BotStartedSpeakingFrame, BotStoppedSpeakingFrame, TTSTextFrame, InterruptionFrame),
-        ):
-            await self._owner._on_assistant_frame(frame)
         elif isinstance(frame, (EndFrame, CancelFrame)):
             await self._owner.flush()
         await self.push_frame(frame, direction)

@@ -1,0 +1,294 @@
+"""Barge-in: know exactly what the caller heard, stop at once, drop what is stale.
+
+:class:`PlayoutTracker` sits just before the output transport. For each reply of the
+agent (the audio between ``TTSStartedFrame`` and ``TTSStoppedFrame``) it:
+
+- cuts the audio into 20 ms frames and sends a named Twilio ``mark`` after each one,
+  remembering how far into the reply (ms) each mark sits. Twilio echoes a mark when the
+  audio before it has played, so the newest echo of the current reply is the played
+  position, to 20 ms. A mark per 20 ms frame (Twilio's own frame size) costs one small
+  JSON message per frame and needs no wall-clock interpolation; per-segment marks would
+  need one. Source: https://www.twilio.com/docs/voice/media-streams/websocket-messages
+  ("mark": echoed when the audio before it is played, and at once for pending marks
+  when a ``clear`` empties the buffer);
+- on an ``InterruptionFrame`` (the caller's turn started) while the reply is still
+  playing or queued at Twilio: freezes the played position at the last echo received
+  before the ``clear`` (the echoes a ``clear`` releases are of audio that was dropped,
+  so they are ignored), marks the reply interrupted, and drops any audio of that
+  reply that still arrives from the model (no stale media after the ``clear``);
+- reports each reply once it has finished playing, been interrupted, or the call
+  ended, through the ``on_reply_finished(tracker, reply)`` event, which the transcript
+  logger records.
+
+It also keeps each reply's audio as the echo reference for :class:`EchoCanceller`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    Frame,
+    InputTransportMessageFrame,
+    InterruptionFrame,
+    LLMFullResponseStartFrame,
+    OutputTransportMessageFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from records import utc_now
+
+__all__ = ["FRAME_MS", "PlayoutTracker", "Reply", "heard_text"]
+
+#: Twilio's media frame, and our mark spacing, in milliseconds.
+FRAME_MS = 20
+_MARK_NAME = re.compile(r"^r(\d+):(\d+)$")
+
+
+@dataclass
+class Reply:
+    """One reply of the agent, as sent and as heard.
+
+    Parameters:
+        reply_id: Counts replies within the call, from 1.
+        sample_rate: Rate of ``audio``, in Hz (8000 after our resampler).
+        audio: The reply's 16-bit PCM as sent, kept as the echo reference.
+        generated_text: Everything the model said for this reply.
+        sent_ms: Audio sent to Twilio so far, in ms (20 ms steps).
+        played_ms: Audio Twilio reported played (newest mark echo), in ms.
+        done: The model has finished the reply (``TTSStoppedFrame``).
+        interrupted: The caller cut the reply off.
+        started_at: ISO 8601 UTC time the first frame was sent.
+        ended_at: ISO 8601 UTC time it finished playing or was cut off.
+        last_echo_at: ``time.monotonic()`` of the newest mark echo, in s.
+    """
+
+    reply_id: int
+    sample_rate: int = 8000
+    audio: bytearray = field(default_factory=bytearray)
+    generated_text: str = ""
+    sent_ms: int = 0
+    played_ms: int = 0
+    done: bool = False
+    interrupted: bool = False
+    started_at: str | None = None
+    ended_at: str | None = None
+    last_echo_at: float | None = None
+
+    @property
+    def generated_ms(self) -> int:
+        """Length of the reply's audio, in ms."""
+        return len(self.audio) * 1000 // (2 * self.sample_rate)
+
+    @property
+    def playing(self) -> bool:
+        """Whether audio of this reply is still to come, queued, or playing at Twilio."""
+        return not self.done or self.played_ms < self.sent_ms
+
+    def play_position_ms(self, now: float | None = None) -> float:
+        """Estimated position of Twilio's playout now, in ms into the reply.
+
+        The newest echo plus the time since it, capped at one mark spacing (the next
+        mark would have been echoed otherwise) and at what was sent.
+        """
+        if self.last_echo_at is None:
+            return 0.0
+        elapsed_ms = ((now or time.monotonic()) - self.last_echo_at) * 1000
+        return min(self.played_ms + min(elapsed_ms, FRAME_MS), self.sent_ms)
+
+    @property
+    def heard_text(self) -> str:
+        """The part of ``generated_text`` the caller heard (see :func:`heard_text`)."""
+        if not self.interrupted:
+            return self.generated_text
+        return heard_text(self.generated_text, self.played_ms, self.generated_ms)
+
+
+def heard_text(text: str, played_ms: float, total_ms: float) -> str:
+    """Cut a reply's text in proportion to the audio played, at a word boundary.
+
+    Speech-to-speech providers give no word timings for their own speech, so the
+    share of the text heard is taken to be the share of the audio played.
+
+    Args:
+        text: The full text of the reply.
+        played_ms: Audio played, in ms.
+        total_ms: Audio generated, in ms.
+
+    Returns:
+        The words wholly within the played share (possibly empty).
+    """
+    if total_ms <= 0 or played_ms >= total_ms:
+        return text.strip()
+    cut = int(len(text) * max(played_ms, 0) / total_ms)
+    if cut < len(text) and not text[cut].isspace():
+        cut = text.rfind(" ", 0, cut) + 1 if " " in text[:cut] else 0
+    return text[:cut].strip()
+
+
+class PlayoutTracker(FrameProcessor):
+    """Sends Twilio marks after the agent's audio and tracks what the caller heard.
+
+    Place it just before the output transport; its audio must already be at the
+    transport's rate (8000 Hz).
+
+    Event handlers:
+        on_reply_finished(tracker, reply): a reply finished playing, was interrupted,
+            or the call ended with it unfinished.
+
+    Args:
+        stream_sid: Twilio's stream SID, for the mark messages.
+        **kwargs: Passed to :class:`FrameProcessor`.
+    """
+
+    def __init__(self, stream_sid: str, **kwargs):
+        super().__init__(**kwargs)
+        self._stream_sid = stream_sid
+        self._reply: Reply | None = None
+        self._replies = 0
+        self._pending = bytearray()  # audio short of a whole 20 ms frame
+        self._dropping = False  # an interrupted reply's audio may still be arriving
+        self._register_event_handler("on_reply_finished")
+
+    @property
+    def reply(self) -> Reply | None:
+        """The current (or last) reply, or None before the first one."""
+        return self._reply
+
+    def playing(self) -> bool:
+        """Whether agent audio is being generated, queued, or played at Twilio."""
+        return self._reply is not None and self._reply.playing and not self._reply.interrupted
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        """Mark outgoing audio, read mark echoes, handle interruptions.
+
+        Args:
+            frame: The frame to process.
+            direction: The direction of frame flow.
+        """
+        await super().process_frame(frame, direction)
+        if direction != FrameDirection.DOWNSTREAM:
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, (TTSStartedFrame, LLMFullResponseStartFrame)):
+            # A new response: whatever of the interrupted one was still arriving is over.
+            self._dropping = False
+            if isinstance(frame, TTSStartedFrame):
+                await self._finish_unheard()
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, TTSAudioRawFrame):
+            if not self._dropping:
+                await self._send_marked(frame)
+        elif isinstance(frame, TTSTextFrame):
+            if not self._dropping:
+                reply = self._current(frame)
+                spacer = "" if frame.includes_inter_frame_spaces else " "
+                reply.generated_text += (spacer if reply.generated_text else "") + frame.text
+                await self.push_frame(frame, direction)
+        elif isinstance(frame, TTSStoppedFrame):
+            if self._reply and not self._dropping:
+                await self._flush_pending(frame)
+                self._reply.done = True
+                await self._maybe_finished()
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, InputTransportMessageFrame):
+            await self._on_transport_message(frame.message)
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, InterruptionFrame):
+            cut_off = self._interrupt()
+            await self.push_frame(frame, direction)  # the clear goes out first
+            if cut_off:
+                await self._call_event_handler("on_reply_finished", cut_off)
+        elif isinstance(frame, (EndFrame, CancelFrame)):
+            await self._finish_unheard()
+            await self.push_frame(frame, direction)
+        else:
+            await self.push_frame(frame, direction)
+
+    def _current(self, frame: Frame) -> Reply:
+        if self._reply is None or self._reply.done or self._reply.interrupted:
+            self._replies += 1
+            rate = getattr(frame, "sample_rate", 8000)
+            self._reply = Reply(reply_id=self._replies, sample_rate=rate)
+        return self._reply
+
+    async def _send_marked(self, frame: TTSAudioRawFrame) -> None:
+        reply = self._current(frame)
+        reply.audio += frame.audio
+        self._pending += frame.audio
+        size = 2 * reply.sample_rate * FRAME_MS // 1000
+        while len(self._pending) >= size:
+            chunk = bytes(self._pending[:size])
+            del self._pending[:size]
+            await self._push_chunk(reply, chunk, frame)
+
+    async def _flush_pending(self, template: Frame) -> None:
+        """Send the audio short of a whole frame, padded with silence to 20 ms."""
+        reply = self._reply
+        if reply and self._pending:
+            size = 2 * reply.sample_rate * FRAME_MS // 1000
+            chunk = bytes(self._pending).ljust(size, b"\x00")
+            self._pending.clear()
+            await self._push_chunk(reply, chunk, template)
+
+    async def _push_chunk(self, reply: Reply, chunk: bytes, template: Frame) -> None:
+        out = TTSAudioRawFrame(chunk, reply.sample_rate, 1)
+        out.context_id = getattr(template, "context_id", None)
+        if reply.started_at is None:
+            reply.started_at = utc_now()
+        await self.push_frame(out)
+        reply.sent_ms += FRAME_MS
+        mark = {
+            "event": "mark",
+            "streamSid": self._stream_sid,
+            "mark": {"name": f"r{reply.reply_id}:{reply.sent_ms}"},
+        }
+        await self.push_frame(OutputTransportMessageFrame(message=mark))
+
+    async def _on_transport_message(self, message) -> None:
+        if not isinstance(message, dict) or message.get("event") != "mark":
+            return
+        match = _MARK_NAME.match(str((message.get("mark") or {}).get("name", "")))
+        reply = self._reply
+        if not match or reply is None or reply.interrupted:
+            return  # not ours, or released by a clear: that audio was dropped, not heard
+        if int(match.group(1)) != reply.reply_id:
+            return  # a stale echo of an older reply
+        reply.played_ms = max(reply.played_ms, int(match.group(2)))
+        reply.last_echo_at = time.monotonic()
+        await self._maybe_finished()
+
+    def _interrupt(self) -> Reply | None:
+        """The caller's turn started: cut the reply off if any of it is still to play.
+
+        Returns:
+            The reply cut off, or None if nothing was playing.
+        """
+        self._pending.clear()
+        reply = self._reply
+        if reply is None or reply.interrupted or reply.ended_at is not None or not reply.playing:
+            return None
+        reply.interrupted = True
+        reply.ended_at = utc_now()
+        self._dropping = not reply.done  # the model may still be sending this reply
+        return reply
+
+    async def _maybe_finished(self) -> None:
+        reply = self._reply
+        if reply and reply.done and reply.ended_at is None and reply.played_ms >= reply.sent_ms:
+            reply.ended_at = utc_now()
+            await self._call_event_handler("on_reply_finished", reply)
+
+    async def _finish_unheard(self) -> None:
+        """Report a reply that will never finish playing (a new one began, or the call ended)."""
+        reply = self._reply
+        if reply and reply.ended_at is None and reply.sent_ms:
+            reply.ended_at = utc_now()
+            await self._call_event_handler("on_reply_finished", reply)

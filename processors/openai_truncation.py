@@ -1,0 +1,62 @@
+"""OpenAI Realtime told the truth after a barge-in: truncation from Twilio's marks.
+
+When the caller interrupts, the model must forget the part of its reply the caller
+never heard, or it will later act as if they had. Pipecat's
+:class:`~pipecat.services.openai.realtime.llm.OpenAIRealtimeLLMService` sends
+``conversation.item.truncate`` with ``audio_end_ms`` estimated from the wall clock
+since the first audio delta, which is wrong whenever Twilio's buffer holds audio (the
+transport sends ahead of playout), and sends nothing at all once the transport has
+finished *sending* a reply that Twilio is still *playing*.
+
+This subclass changes only that estimate: ``audio_end_ms`` is the played position
+from :class:`~processors.barge_in.PlayoutTracker` (the newest Twilio mark echo of the
+reply), and the reply stays truncatable until it has finished playing, not sending.
+Source for the event: platform.openai.com/docs/api-reference/realtime-client-events
+(``conversation.item.truncate``: ``item_id``, ``content_index``, ``audio_end_ms``).
+"""
+
+from __future__ import annotations
+
+from loguru import logger
+
+from pipecat.services.openai.realtime import events
+from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
+
+from processors.barge_in import PlayoutTracker
+
+__all__ = ["PlayoutAwareOpenAIRealtimeLLMService"]
+
+
+class PlayoutAwareOpenAIRealtimeLLMService(OpenAIRealtimeLLMService):
+    """OpenAI Realtime service whose truncation follows what the caller heard.
+
+    Args:
+        playout: The call's playout tracker.
+        **kwargs: Passed to :class:`OpenAIRealtimeLLMService`.
+    """
+
+    def __init__(self, *, playout: PlayoutTracker, **kwargs):
+        super().__init__(**kwargs)
+        self._playout = playout
+        self._unplayed_response = None  # the last audio response until it finished playing
+
+    async def _handle_evt_audio_delta(self, evt):
+        await super()._handle_evt_audio_delta(evt)
+        self._unplayed_response = self._current_audio_response
+
+    async def _truncate_current_audio_response(self):
+        current = self._current_audio_response or self._unplayed_response
+        self._current_audio_response = None
+        self._unplayed_response = None
+        reply = self._playout.reply
+        if current is None or reply is None or not reply.playing or reply.interrupted:
+            return  # nothing of it is unheard
+        played_ms = int(reply.played_ms)
+        logger.debug(f"{self}: truncating {current.item_id} at {played_ms} ms (from marks)")
+        await self.send_client_event(
+            events.ConversationItemTruncateEvent(
+                item_id=current.item_id,
+                content_index=current.content_index,
+                audio_end_ms=played_ms,
+            )
+        )
