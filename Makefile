@@ -13,7 +13,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 WAV ?= ../shared/audio/jfk_8k.wav
 SERVER ?=
 
-.PHONY: setup run test call clean espeak-ng
+.PHONY: setup run test call bench clean espeak-ng
 
 setup: $(VENV)/.synced espeak-ng
 
@@ -45,6 +45,10 @@ test: setup
 ## Call a running server like Twilio would: make call WAV=../shared/audio/jfk_8k.wav [SERVER=http://127.0.0.1:8000]
 call: setup
 	$(PY) -m offline.caller --wav $(WAV) $(if $(SERVER),--server $(SERVER),)
+
+## Benchmarks over loopback against the real server; prints the figures.
+bench: setup
+	$(PY) -m bench
 
 clean:
 	rm -rf $(TOOLS) $(VENV) .pytest_cache

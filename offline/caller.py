@@ -248,6 +248,17 @@ def split_utterances(
     ]
 
 
+def _speech_onset(frames: list[bytes], below_peak_db: float = 20.0) -> int:
+    """Index of the first frame within ``below_peak_db`` dB of the loudest frame.
+
+    The speech onset of an utterance, robust to the background noise a recording
+    carries before the first word (which a fixed threshold would take for speech).
+    """
+    levels = [frame_dbfs(np.frombuffer(ulaw_decode(f), dtype="<i2")) for f in frames]
+    peak = max(levels)
+    return next(i for i, level in enumerate(levels) if level >= peak - below_peak_db)
+
+
 def _to_ulaw_frames(pcm: np.ndarray) -> list[bytes]:
     """Encode int16 samples as 160-byte mu-law frames (the last padded with silence)."""
     ulaw = ulaw_encode(pcm.astype("<i2").tobytes())
@@ -701,8 +712,7 @@ class _MediaSession:
         self.cleared_this_utterance = False
         utterance = self.result.utterances[self.utterance]
         utterance["sent_at"] = now
-        voiced = [i for i, f in enumerate(self.utterance_frames[self.utterance]) if _ulaw_is_voiced(f)]
-        utterance["onset_at"] = now + (voiced[0] if voiced else 0) * FRAME_S
+        utterance["onset_at"] = now + _speech_onset(self.utterance_frames[self.utterance]) * FRAME_S
 
     def _caller_tick(self, now: float) -> bytes | None:
         """The frame the caller sends now, with the line's echo mixed in (None: hang up)."""

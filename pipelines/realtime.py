@@ -14,7 +14,6 @@ truncation at the position the playout tracker read from Twilio's mark echoes.
 
 from __future__ import annotations
 
-from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import InputAudioRawFrame, OutputAudioRawFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -35,6 +34,7 @@ from processors.barge_in import PlayoutTracker
 from processors.echo import EchoCanceller
 from processors.resampler import AudioResamplerProcessor
 from processors.transcript import TranscriptLogger
+from processors.vad import PhoneSileroVADAnalyzer
 from processors.twilio_serializer import TWILIO_SAMPLE_RATE
 
 
@@ -50,8 +50,9 @@ def build(call: CallContext) -> list[FrameProcessor]:
     playout = PlayoutTracker(call.stream_sid)
     s2s = speech_to_speech(call.settings, playout, local_agent_url=call.local_agent_url)
     context = LLMContext(messages=[{"role": "user", "content": call.settings.AGENT_GREETING_PROMPT}])
-    vad = SileroVADAnalyzer(
+    vad = PhoneSileroVADAnalyzer(
         params=VADParams(
+            confidence=call.settings.VAD_CONFIDENCE,
             start_secs=call.settings.BARGE_IN_MIN_SECS,
             stop_secs=call.settings.VAD_STOP_SECS,
             min_volume=call.settings.VAD_MIN_VOLUME,

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
+
+from offline.server_process import free_port, server_process
 
 ROOT = Path(__file__).resolve().parent.parent
 AUDIO = ROOT.parent / "shared" / "audio"
@@ -23,59 +20,19 @@ TOKEN = "e2e-auth-token-0123456789abcdef"
 ACCOUNT_SID = "AC" + "7" * 32
 
 
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def running_server(tmp: Path, **env_overrides: str):
-    """Run ``python server.py`` on a free port; yield ``(base_url, log_path)``.
+    """The real server process, signed webhooks on; yields ``(base_url, log_path)``.
 
     Args:
         tmp: Folder for the database and the log.
         **env_overrides: Environment variables for the server.
     """
-    port = free_port()
-    log = tmp / "server.log"
-    env = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-        "TWILIO_AUTH_TOKEN": TOKEN,
-        "CALLS_DB_PATH": str(tmp / "calls.db"),
-        "AGENT_PROVIDER": "local",
-        "LOG_LEVEL": "INFO",
-    }
-    for key in ("GOOGLE_API_KEY", "OPENAI_API_KEY", "LOCAL_AGENT_BASE_URL", "TWILIO_ACCOUNT_SID"):
-        env.pop(key, None)
-    env.update(env_overrides)
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "server.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
     try:
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield url, log
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        with server_process(tmp, TWILIO_AUTH_TOKEN=TOKEN, **env_overrides) as running:
+            yield running
+    except RuntimeError as e:
+        pytest.fail(str(e))
 
 
 class FakeTwilioRest:

@@ -1,0 +1,64 @@
+"""Phone VAD: Silero's 16 kHz model on upsampled 8 kHz audio starts turns sooner."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams, VADState
+from offline.caller import load_wav_8k, split_utterances
+from processors.g711 import ulaw_decode, ulaw_encode
+from processors.vad import PhoneSileroVADAnalyzer
+from tests.support import AUDIO
+
+PARAMS = dict(confidence=0.5, start_secs=0.3, stop_secs=0.2, min_volume=0.5)
+
+
+def _phone_line(pcm: np.ndarray) -> bytes:
+    """Half a second of silence, then ``pcm``, through mu-law as Twilio carries it."""
+    line = np.concatenate([np.zeros(4000, dtype=np.int16), pcm])
+    return ulaw_decode(ulaw_encode(line.astype("<i2").tobytes()))
+
+
+def _speaking_at(analyzer, audio: bytes) -> float | None:
+    """Audio time (s) at which the analyzer first reports SPEAKING, fed 20 ms frames."""
+    analyzer.set_sample_rate(8000)
+
+    async def run():
+        for i in range(0, len(audio), 320):
+            if await analyzer.analyze_audio(audio[i : i + 320]) == VADState.SPEAKING:
+                return i / 16000
+        return None
+
+    return asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def utterances():
+    pcm = load_wav_8k(AUDIO / "jfk_8k.wav")
+    return [pcm[s:e] for s, e in split_utterances(pcm)]
+
+
+def test_every_jfk_utterance_starts_within_the_start_time_and_two_windows(utterances):
+    for pcm in utterances:
+        line = _phone_line(pcm)
+        onset = 0.5 + 0.1  # the silence, then the utterance's 100 ms pad
+        started = _speaking_at(PhoneSileroVADAnalyzer(params=VADParams(**PARAMS)), line)
+        assert started is not None
+        assert started - onset <= 0.3 + 0.1
+
+
+def test_the_16khz_model_beats_the_8khz_one_on_a_drawn_out_word(utterances):
+    line = _phone_line(utterances[1])  # "ask not", with its long "aaask"
+    phone = _speaking_at(PhoneSileroVADAnalyzer(params=VADParams(**PARAMS)), line)
+    stock = _speaking_at(SileroVADAnalyzer(params=VADParams(**PARAMS)), line)
+    assert phone is not None
+    assert stock is None or stock - phone >= 0.1
+
+
+def test_noise_and_silence_are_not_speech():
+    rng = np.random.default_rng(3)
+    noise = (rng.standard_normal(8000 * 3) * 32768 * 10 ** (-40 / 20)).astype(np.int16)
+    for pcm in (noise, np.zeros(8000 * 3, dtype=np.int16)):
+        assert _speaking_at(PhoneSileroVADAnalyzer(params=VADParams(**PARAMS)), _phone_line(pcm)) is None
