@@ -40,10 +40,9 @@ from pipecat.services.llm_service import LLMService
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 from pipecat.workers.runner import WorkerRunner
 
-from config import Settings
 from pipelines import GRAPHS, CallContext
 from processors.twilio_serializer import CALLER_HUNG_UP, TWILIO_SAMPLE_RATE, TwilioMediaSerializer
-from records import CallStore
+from resources import APOLOGY_TEXT, Resources
 from twilio_rest import complete_call
 
 __all__ = ["AGENT_ENDED", "END_OF_CALL_MARK", "MODEL_ERROR", "StreamStart", "run_bot"]
@@ -103,31 +102,20 @@ class StreamStart:
 
 
 async def run_bot(
-    websocket: WebSocket,
-    start: StreamStart,
-    *,
-    settings: Settings,
-    store: CallStore,
-    local_agent_url: str | None = None,
-    apology_pcm: bytes | None = None,
-    apology_text: str = "",
-    graph: str = "realtime",
+    websocket: WebSocket, start: StreamStart, resources: Resources, *, graph: str = "realtime"
 ) -> str:
     """Run one call's pipeline until the call ends.
 
     Args:
         websocket: Twilio's media stream, already past ``connected`` and ``start``.
         start: The stream's ``start`` facts.
-        settings: The server's settings.
-        store: The call-record store (the call row is created here).
-        local_agent_url: The offline agent's URL, for the ``local`` provider.
-        apology_pcm: 16-bit PCM at 8000 Hz played if the model fails mid-call.
-        apology_text: The words of ``apology_pcm``, for the call record.
+        resources: What the server shares across calls (settings, stores, agents).
         graph: The name of the graph in :data:`pipelines.GRAPHS`.
 
     Returns:
         The end reason recorded for the call.
     """
+    settings, store = resources.settings, resources.store
     call_sid = start.call_sid
     await store.start_call(
         call_sid,
@@ -160,7 +148,7 @@ async def run_bot(
         settings=settings,
         store=store,
         transport=transport,
-        local_agent_url=local_agent_url,
+        local_agent_url=resources.local_agent_url,
     )
     processors = GRAPHS[graph](call)
     model = next((p for p in processors if isinstance(p, LLMService)), None)
@@ -238,7 +226,7 @@ async def run_bot(
             return
         if frame.processor is model or not frame.processor.is_usable:
             logger.error(f"[{call_sid}] model failed: {frame.error}; apologising and ending")
-            await end_after_playout(MODEL_ERROR, apology_pcm, apology_text)
+            await end_after_playout(MODEL_ERROR, resources.apology_pcm, APOLOGY_TEXT)
 
     runner = WorkerRunner(handle_sigint=False)
     try:

@@ -35,15 +35,11 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from bot import StreamStart, run_bot
 from config import ConfigError, Settings, load_settings
-from processors.twilio_serializer import TWILIO_SAMPLE_RATE
-from records import CallStore
+from resources import Resources
 
 MEDIA_STREAM_PATH = "/twilio/media-stream"
 #: How long a new media stream may take to send ``start`` before we close it, in s.
 START_TIMEOUT_SECS = 10.0
-#: What the caller hears if the model fails mid-call (rendered once at start-up).
-APOLOGY_TEXT = "I'm sorry, I'm having trouble right now. Please call again in a few minutes. Goodbye."
-
 # Webhook form fields passed on to the media stream as <Parameter>s (Twilio's names).
 _CALL_PARAMETERS = {"From": "from", "To": "to", "CallerCountry": "caller_country", "Direction": "direction"}
 
@@ -82,16 +78,6 @@ def connect_twiml(settings: Settings, form: dict[str, str]) -> str:
     return str(response)
 
 
-async def _render_apology() -> bytes | None:
-    try:
-        from offline.tts import synthesize_async
-
-        return await synthesize_async(APOLOGY_TEXT, sample_rate=TWILIO_SAMPLE_RATE)
-    except Exception as e:  # espeak-ng missing: the call still ends, just without words
-        logger.warning(f"could not render the apology audio ({e}); failures will end calls silently")
-        return None
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the FastAPI application.
 
@@ -99,8 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings: The settings; read from the environment when None.
 
     Returns:
-        The app. Its lifespan opens the call store, pre-renders the apology and, for
-        provider ``local``, starts the offline agent.
+        The app. Its lifespan starts the shared :class:`~resources.Resources` (stores,
+        offline agents, pre-rendered audio).
 
     Raises:
         ConfigError: If the configuration cannot work.
@@ -109,22 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.store = CallStore(settings.CALLS_DB_PATH)
+        app.state.resources = await Resources.start(settings)
         app.state.calls = {}
-        app.state.local_agent = None
-        app.state.local_agent_url = settings.LOCAL_AGENT_BASE_URL
-        if settings.provider == "local" and not settings.LOCAL_AGENT_BASE_URL:
-            from offline.realtime_server import OfflineRealtimeServer
-
-            agent = OfflineRealtimeServer(
-                response_delay_ms=settings.LOCAL_AGENT_DELAY_MS,
-                event_log=settings.LOCAL_AGENT_EVENT_LOG,
-            )
-            await agent.start()
-            app.state.local_agent = agent
-            app.state.local_agent_url = agent.url
-            logger.info(f"offline agent listening at {agent.url}")
-        app.state.apology = await _render_apology()
         logger.info(f"serving calls with provider '{settings.provider}' at {settings.public_base_url}")
         try:
             yield
@@ -133,9 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             if app.state.calls:
                 await asyncio.wait(list(app.state.calls.values()), timeout=5)
-            if app.state.local_agent:
-                await app.state.local_agent.stop()
-            app.state.store.close()
+            await app.state.resources.stop()
 
     app = FastAPI(title="Phone voice agent", lifespan=lifespan)
     app.state.settings = settings
@@ -184,15 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         task = asyncio.current_task()
         app.state.calls[start.call_sid] = task
         try:
-            await run_bot(
-                websocket,
-                start,
-                settings=settings,
-                store=app.state.store,
-                local_agent_url=app.state.local_agent_url,
-                apology_pcm=app.state.apology,
-                apology_text=APOLOGY_TEXT,
-            )
+            await run_bot(websocket, start, app.state.resources)
         finally:
             app.state.calls.pop(start.call_sid, None)
             await _close(websocket)
@@ -200,7 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/api/calls/{call_sid}")
     async def get_call(call_sid: str) -> JSONResponse:
         """The call record: metadata, end reason and turns in order."""
-        record = app.state.store.get_call(call_sid)
+        record = app.state.resources.store.get_call(call_sid)
         if record is None:
             raise HTTPException(404, f"no call {call_sid}")
         return JSONResponse(record)
