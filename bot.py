@@ -6,10 +6,10 @@ call ends when:
 
 - the caller hangs up: Twilio sends ``stop`` or closes the socket; the pipeline is
   cancelled at once (nothing queued needs to play to an empty line);
-- the agent ends it (``end_after_playout`` inside :func:`run_bot`): a named Twilio
-  ``mark`` is sent after the last audio, and the pipeline ends when Twilio echoes it,
-  that is when the caller has heard everything; then the call is completed through
-  Twilio's REST API when credentials are set;
+- the agent ends it (the ``end_call`` tool): once its goodbye has played out at
+  Twilio (:class:`~call_control.CallControl`), the pipeline ends and the call is
+  completed through Twilio's REST API when credentials are set;
+- the call is transferred to a person (the ``transfer_call`` tool);
 - the model connection fails: the caller hears a short pre-rendered apology, ended
   the same way, with the reason recorded.
 """
@@ -22,39 +22,23 @@ from dataclasses import dataclass, field
 from fastapi import WebSocket
 from loguru import logger
 
-from pipecat.frames.frames import (
-    CancelFrame,
-    ErrorFrame,
-    InputTransportMessageFrame,
-    LLMRunFrame,
-    OutputTransportMessageFrame,
-    TTSAudioRawFrame,
-    TTSStartedFrame,
-    TTSStoppedFrame,
-    TTSTextFrame,
-)
-from pipecat.utils.text.base_text_aggregator import TextType
+from pipecat.frames.frames import CancelFrame, ErrorFrame, LLMRunFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.services.llm_service import LLMService
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 from pipecat.workers.runner import WorkerRunner
 
+from call_control import AGENT_ENDED, MODEL_ERROR, CallControl
 from pipelines import GRAPHS, CallContext
 from processors.twilio_serializer import CALLER_HUNG_UP, TWILIO_SAMPLE_RATE, TwilioMediaSerializer
 from resources import APOLOGY_TEXT, Resources
 from twilio_rest import complete_call
 
-__all__ = ["AGENT_ENDED", "END_OF_CALL_MARK", "MODEL_ERROR", "StreamStart", "run_bot"]
+__all__ = ["MAX_MODEL_RECONNECTS", "StreamStart", "run_bot"]
 
-#: End reason when the agent ended the call.
-AGENT_ENDED = "agent_ended"
-#: End reason when the model connection failed and the caller heard the apology.
-MODEL_ERROR = "model_error"
-#: Name of the Twilio mark sent after the agent's last words; its echo ends the call.
-END_OF_CALL_MARK = "end-of-call"
-#: How long to wait for that echo beyond the audio's own length, in seconds.
-END_OF_CALL_GRACE_SECS = 5.0
+#: How many times a call reconnects a dropped model session before it apologises.
+MAX_MODEL_RECONNECTS = 3
 
 
 @dataclass
@@ -109,7 +93,7 @@ async def run_bot(
     Args:
         websocket: Twilio's media stream, already past ``connected`` and ``start``.
         start: The stream's ``start`` facts.
-        resources: What the server shares across calls (settings, stores, agents).
+        resources: What the server shares across calls (settings, stores, tools).
         graph: The name of the graph in :data:`pipelines.GRAPHS`.
 
     Returns:
@@ -138,6 +122,7 @@ async def run_bot(
             serializer=serializer,
         ),
     )
+    control = CallControl(call_sid, start.stream_sid, resources)
     call = CallContext(
         call_sid=call_sid,
         stream_sid=start.stream_sid,
@@ -149,6 +134,8 @@ async def run_bot(
         store=store,
         transport=transport,
         local_agent_url=resources.local_agent_url,
+        resources=resources,
+        control=control,
     )
     processors = GRAPHS[graph](call)
     model = next((p for p in processors if isinstance(p, LLMService)), None)
@@ -161,11 +148,7 @@ async def run_bot(
         idle_timeout_secs=None,
         name=f"call-{call_sid}",
     )
-    state = {"reason": None}
-
-    def end_reason(reason: str) -> None:
-        if state["reason"] is None:
-            state["reason"] = reason
+    control.bind(worker)
 
     @transport.event_handler("on_client_connected")
     async def on_client_connected(_transport, _websocket):
@@ -174,84 +157,53 @@ async def run_bot(
 
     @transport.event_handler("on_client_disconnected")
     async def on_client_disconnected(_transport, _websocket):
-        end_reason(CALLER_HUNG_UP)
+        control.end_reason(CALLER_HUNG_UP)
         await worker.cancel(reason=CALLER_HUNG_UP)
 
     @worker.event_handler("on_pipeline_finished")
     async def on_pipeline_finished(_worker, frame):
-        reason = getattr(frame, "reason", None)
-        if isinstance(frame, CancelFrame) and reason == CALLER_HUNG_UP:
-            end_reason(CALLER_HUNG_UP)
-        elif not isinstance(frame, CancelFrame):
-            end_reason(AGENT_ENDED)
+        if isinstance(frame, CancelFrame):
+            if getattr(frame, "reason", None) == CALLER_HUNG_UP:
+                control.end_reason(CALLER_HUNG_UP)
+        else:
+            control.end_reason(AGENT_ENDED)
 
-    fallback: list[asyncio.Task] = []
-
-    async def end_after_playout(reason: str, pcm: bytes | None = None, text: str = "") -> None:
-        """Say ``pcm`` (if any), then end the call once Twilio has played everything.
-
-        Args:
-            reason: The end reason to record.
-            pcm: Last words, 16-bit PCM at 8000 Hz.
-            text: Their text, for the call record.
-        """
-        end_reason(reason)
-        frames = []
-        if pcm:
-            frames += [
-                TTSStartedFrame(),
-                TTSTextFrame(text, text_type=TextType.SENTENCE),
-                TTSAudioRawFrame(pcm, TWILIO_SAMPLE_RATE, 1),
-                TTSStoppedFrame(),
-            ]
-        mark = {"event": "mark", "streamSid": start.stream_sid, "mark": {"name": END_OF_CALL_MARK}}
-        frames.append(OutputTransportMessageFrame(message=mark))
-        await worker.queue_frames(frames)
-        timeout = len(pcm or b"") / (2 * TWILIO_SAMPLE_RATE) + END_OF_CALL_GRACE_SECS
-        fallback.append(asyncio.create_task(_end_later(worker, timeout, reason)))
-
-    worker.set_reached_upstream_filter((InputTransportMessageFrame,))
-
-    @worker.event_handler("on_frame_reached_upstream")
-    async def on_frame_reached_upstream(_worker, frame):
-        message = frame.message if isinstance(frame, InputTransportMessageFrame) else None
-        if isinstance(message, dict) and message.get("event") == "mark":
-            if (message.get("mark") or {}).get("name") == END_OF_CALL_MARK:
-                logger.info(f"[{call_sid}] the caller heard the last words: ending the call")
-                await worker.end(reason=state["reason"])
+    recovery = {"busy": False, "attempts": 0}
 
     @worker.event_handler("on_pipeline_error")
     async def on_pipeline_error(_worker, frame: ErrorFrame):
-        if state["reason"] is not None or frame.processor is None:
+        if control.reason is not None or frame.processor is None or recovery["busy"]:
             return
-        if frame.processor is model or not frame.processor.is_usable:
-            logger.error(f"[{call_sid}] model failed: {frame.error}; apologising and ending")
-            await end_after_playout(MODEL_ERROR, resources.apology_pcm, APOLOGY_TEXT)
+        if frame.processor is not model and frame.processor.is_usable:
+            return
+        if hasattr(model, "reconnect") and recovery["attempts"] < MAX_MODEL_RECONNECTS:
+            recovery["busy"], recovery["attempts"] = True, recovery["attempts"] + 1
+            logger.warning(f"[{call_sid}] model failed ({frame.error}); reconnecting")
+            try:
+                if await model.reconnect(timeout_s=2.0):
+                    logger.info(f"[{call_sid}] model reconnected with the conversation so far")
+                    await worker.queue_frames([LLMRunFrame()])  # pick the conversation up again
+                    return
+            finally:
+                recovery["busy"] = False
+        logger.error(f"[{call_sid}] model failed: {frame.error}; apologising and ending")
+        await control.end_after_playout(MODEL_ERROR, resources.apology_pcm, APOLOGY_TEXT)
 
     runner = WorkerRunner(handle_sigint=False)
     try:
         await runner.add_workers(worker)
         await runner.run()
     except asyncio.CancelledError:
-        end_reason("server_shutdown")
+        control.end_reason("server_shutdown")
         raise
     except Exception as e:
         logger.exception(f"[{call_sid}] pipeline failed: {e}")
-        end_reason("error")
+        control.end_reason("error")
     finally:
-        for task in fallback:
-            task.cancel()
-        reason = state["reason"] or CALLER_HUNG_UP
+        control.cancel()
+        reason = control.reason or CALLER_HUNG_UP
         await store.end_call(call_sid, reason)
         logger.info(f"[{call_sid}] call ended: {reason}")
     if reason in (AGENT_ENDED, MODEL_ERROR):
         await complete_call(settings, call_sid)
     return reason
-
-
-
-async def _end_later(worker: PipelineWorker, delay_secs: float, reason: str) -> None:
-    """End the worker after ``delay_secs`` if Twilio never echoed the end-of-call mark."""
-    await asyncio.sleep(delay_secs)
-    logger.warning(f"{worker}: no end-of-call mark echo within {delay_secs:.1f} s; ending anyway")
-    await worker.end(reason=reason)

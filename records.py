@@ -10,9 +10,10 @@ the calls' audio never waits on the disk.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +43,29 @@ CREATE TABLE IF NOT EXISTS turns (
     generated_text TEXT
 );
 CREATE INDEX IF NOT EXISTS turns_by_call ON turns (call_sid, id);
+CREATE TABLE IF NOT EXISTS tool_calls (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    call_sid    TEXT NOT NULL REFERENCES calls(call_sid),
+    name        TEXT NOT NULL,
+    arguments   TEXT NOT NULL,
+    result      TEXT,
+    error       TEXT,
+    duration_ms REAL NOT NULL,
+    started_at  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tool_calls_by_call ON tool_calls (call_sid, id);
 """
 _ADDED_TURN_COLUMNS = {"audio_played_ms": "INTEGER", "generated_text": "TEXT"}
 
 
-def utc_now() -> str:
-    """The current time as ISO 8601 UTC with milliseconds, e.g. ``2026-11-20T21:52:35.123Z``."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def utc_now(ago_ms: float = 0.0) -> str:
+    """The current time as ISO 8601 UTC with milliseconds, e.g. ``2026-11-20T21:52:35.123Z``.
+
+    Args:
+        ago_ms: Give the time this many milliseconds ago instead.
+    """
+    moment = datetime.now(timezone.utc) - timedelta(milliseconds=ago_ms)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class CallStore:
@@ -146,6 +163,35 @@ class CallStore:
              generated_text),
         )
 
+    async def add_tool_call(
+        self,
+        call_sid: str,
+        *,
+        name: str,
+        arguments: dict[str, Any],
+        result: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+        duration_ms: float,
+        started_at: str,
+    ) -> None:
+        """Record one tool call of the agent, committed at once.
+
+        Args:
+            call_sid: The call's SID.
+            name: The tool the model called.
+            arguments: The arguments as the model sent them.
+            result: The tool's result (None if it failed).
+            error: The error envelope sent back to the model (None on success).
+            duration_ms: How long the tool took, in ms.
+            started_at: ISO 8601 UTC time the call started.
+        """
+        await asyncio.to_thread(
+            self._write,
+            "INSERT INTO tool_calls (call_sid, name, arguments, result, error, duration_ms,"
+            " started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (call_sid, name, _json(arguments), _json(result), _json(error), duration_ms, started_at),
+        )
+
     async def end_call(self, call_sid: str, reason: str) -> None:
         """Record the end of a call; the first reason recorded stays.
 
@@ -169,7 +215,8 @@ class CallStore:
             ``{call_sid, stream_sid, from, to, provider, started_at, ended_at,
             end_reason, turns: [{role, text, started_at, ended_at, interrupted}]}``
             in the order the turns started; the agent's turns also carry
-            ``audio_played_ms`` and ``generated_text``. None if no such call.
+            ``audio_played_ms`` and ``generated_text``; and ``tool_calls: [{name,
+            arguments, result, error, duration_ms, started_at}]``. None if no such call.
         """
         with self._lock:
             call = self._db.execute("SELECT * FROM calls WHERE call_sid=?", (call_sid,)).fetchone()
@@ -178,6 +225,11 @@ class CallStore:
             turns = self._db.execute(
                 "SELECT role, text, started_at, ended_at, interrupted, audio_played_ms,"
                 " generated_text FROM turns WHERE call_sid=? ORDER BY started_at, id",
+                (call_sid,),
+            ).fetchall()
+            tool_calls = self._db.execute(
+                "SELECT name, arguments, result, error, duration_ms, started_at FROM tool_calls"
+                " WHERE call_sid=? ORDER BY id",
                 (call_sid,),
             ).fetchall()
         return {
@@ -190,6 +242,17 @@ class CallStore:
             "ended_at": call["ended_at"],
             "end_reason": call["end_reason"],
             "turns": [_turn_json(t) for t in turns],
+            "tool_calls": [
+                {
+                    "name": t["name"],
+                    "arguments": json.loads(t["arguments"]),
+                    "result": json.loads(t["result"]) if t["result"] else None,
+                    "error": json.loads(t["error"]) if t["error"] else None,
+                    "duration_ms": round(t["duration_ms"], 1),
+                    "started_at": t["started_at"],
+                }
+                for t in tool_calls
+            ],
         }
 
 
@@ -200,3 +263,7 @@ def _turn_json(row: sqlite3.Row) -> dict[str, Any]:
         turn["audio_played_ms"] = row["audio_played_ms"]
         turn["generated_text"] = row["generated_text"]
     return turn
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, default=str)

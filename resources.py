@@ -1,4 +1,4 @@
-"""What the server shares across calls: stores, the offline agents, pre-rendered audio.
+"""What the server shares across calls: stores, tools, the offline agents, canned audio.
 
 Started once by the server's lifespan (:meth:`Resources.start`) and handed to every
 call (``bot.run_bot``); stopped at shutdown.
@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from agent_settings import AgentSettings
 from config import Settings
 from processors.twilio_serializer import TWILIO_SAMPLE_RATE
 from records import CallStore
+from tools.registry import ToolRegistry
 
 __all__ = ["APOLOGY_TEXT", "Resources"]
 
@@ -27,14 +29,22 @@ class Resources:
     Parameters:
         settings: The server's settings.
         store: The call-record store.
+        agent: The tools' and call control's settings.
+        booking: The booking store (:class:`booking.store.BookingStore`), or None.
+        tools: The tool registry every call's agent may use.
         local_agent_url: The offline agent's URL (provider ``local``), or None.
         apology_pcm: ``APOLOGY_TEXT`` as 16-bit PCM at 8000 Hz, or None without espeak-ng.
+        ack_pcm: ``agent.TOOL_ACK_TEXT`` as 16-bit PCM at 8000 Hz, or None.
     """
 
     settings: Settings
     store: CallStore
+    agent: AgentSettings | None = None
+    booking: object | None = None
+    tools: ToolRegistry | None = None
     local_agent_url: str | None = None
     apology_pcm: bytes | None = None
+    ack_pcm: bytes | None = None
     _local_agent: object | None = None
 
     @classmethod
@@ -60,14 +70,41 @@ class Resources:
             resources._local_agent = agent
             resources.local_agent_url = agent.url
             logger.info(f"offline agent listening at {agent.url}")
+        resources.agent = AgentSettings()
+        resources.booking, resources.tools = await _start_tools(resources.agent)
         resources.apology_pcm = await _render(APOLOGY_TEXT)
+        resources.ack_pcm = await _render(resources.agent.TOOL_ACK_TEXT)
         return resources
 
     async def stop(self) -> None:
         """Stop the offline agent and close the stores."""
         if self._local_agent is not None:
             await self._local_agent.stop()
+        if self.booking is not None:
+            await self.booking.close()
         self.store.close()
+
+
+async def _start_tools(agent: AgentSettings) -> tuple[object, ToolRegistry]:
+    """Migrate and open the booking store; build the registry (booking + webhook tools)."""
+    from booking.db import migrate_async
+    from booking.demo import load_demo
+    from booking.store import BookingStore
+    from tools.booking_tools import booking_registry
+    from tools.http_tool import add_http_tools
+
+    await migrate_async(agent.DATABASE_URL)
+    booking = BookingStore.from_url(agent.DATABASE_URL)
+    if agent.LOAD_DEMO_DATA:
+        added = await load_demo(booking)
+        if any(added.values()):
+            logger.info(f"booking demo data loaded: {added}")
+    registry = booking_registry()
+    if agent.TOOL_WEBHOOKS:
+        logger.info(f"webhook tools: {add_http_tools(registry, agent.TOOL_WEBHOOKS)}")
+    if agent.MCP_SERVERS:
+        logger.warning("MCP_SERVERS is set, but MCP tools are not supported yet (see README); ignored")
+    return booking, registry
 
 
 async def _render(text: str) -> bytes | None:

@@ -61,6 +61,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from offline.booking_script import BOOKING_TOOLS, BookingScript, SayLine, ToolCall
 from offline.tts import synthesize_async
 
 SAMPLE_RATE = 24000
@@ -130,6 +131,23 @@ def scripted_reply(index: int) -> str:
     if index < len(SCRIPT):
         return SCRIPT[index]
     return SCRIPT[len(SCRIPT) - 2 + (index - len(SCRIPT)) % 2]
+
+
+def _replayed_history(item: dict) -> list[dict] | None:
+    """The conversation a client replays as one text item on a new session, if it is one.
+
+    Pipecat's OpenAI Realtime adapter sends the history of a reconnected call as a
+    single user ``input_text`` holding the messages as a JSON array.
+    """
+    parts = item.get("content") or []
+    text = parts[0].get("text", "") if parts and isinstance(parts[0], dict) else ""
+    if "previously saved conversation" not in text:
+        return None
+    try:
+        history = json.loads(text[text.index("[") : text.rindex("]") + 1])
+    except ValueError:
+        return None
+    return [m for m in history if isinstance(m, dict)]
 
 
 def _new_id(prefix: str) -> str:
@@ -227,7 +245,8 @@ class ServerVad:
 class _Reply:
     """One scripted response being spoken."""
 
-    def __init__(self, text: str, pcm: bytes) -> None:
+    def __init__(self, text: str, pcm: bytes, tool: ToolCall | None = None) -> None:
+        self.tool = tool
         self.id = _new_id("resp")
         self.item_id = _new_id("item")
         self.text = text
@@ -283,6 +302,9 @@ class _Call:
         self.user_turns = 0
         self.replies_after_user = 0
         self.reply: _Reply | None = None
+        self.booking: BookingScript | None = None  # the booking scenario, when tools allow
+        self.responses = 0  # responses started: text items before the first are context
+        self.replayed_replies = 0  # agent replies in a conversation replayed on reconnect
         self._configure_turn_detection()
 
     # -- plumbing ------------------------------------------------------------
@@ -353,6 +375,9 @@ class _Call:
             elif key not in ("id", "object", "model"):
                 self.session[key] = value
         self._configure_turn_detection()
+        names = {t.get("name") for t in self.session.get("tools") or [] if isinstance(t, dict)}
+        if self.booking is None and BOOKING_TOOLS <= names:
+            self.booking = BookingScript()
         for direction in ("input", "output"):
             audio_format = self.session["audio"][direction].get("format")
             if audio_format and audio_format.get("type") != "audio/pcm":
@@ -366,6 +391,36 @@ class _Call:
         previous = self._add_item(item)
         await self.send("conversation.item.added", previous_item_id=previous, item=item)
         await self.send("conversation.item.done", previous_item_id=previous, item=item)
+        role = item.get("role") if item.get("type") == "message" else None
+        history = _replayed_history(item) if role == "user" and not self.responses else None
+        if history is not None:
+            self._resume(history)
+        elif role == "user" and self.responses:
+            self.user_turns += 1  # a typed turn (e.g. the keys the caller pressed)
+        elif role == "assistant" and not self.responses:
+            self.replayed_replies += 1  # a client replaying the conversation on a new session
+        elif role == "user" and self.replayed_replies:
+            self.user_turns += 1
+            if self.booking is not None:
+                self.booking.skip_to(self.user_turns)
+        if item.get("type") == "function_call_output" and self.booking is not None:
+            call = next(
+                (i for i in self.items.values()
+                 if i.get("type") == "function_call" and i.get("call_id") == item.get("call_id")),
+                None,
+            )
+            if call is not None:
+                self.booking.tool_result(call.get("name", ""), item.get("output"))
+
+    def _resume(self, history: list[dict]) -> None:
+        """Carry on a conversation a client replayed on a new session."""
+        replies = [m for m in history if m.get("role") == "assistant" and m.get("content")]
+        self.replayed_replies = len(replies)
+        first_reply = next((i for i, m in enumerate(history) if m in replies), len(history))
+        self.user_turns = sum(1 for m in history[first_reply:] if m.get("role") == "user")
+        if self.booking is not None:
+            self.booking.skip_to(self.user_turns)
+        logger.info(f"Resuming a replayed conversation: {self.user_turns} caller turns so far")
 
     async def _on_conversation_item_truncate(self, event: dict) -> None:
         await self.send(
@@ -502,7 +557,16 @@ class _Call:
         )
 
     def _start_reply(self) -> None:
-        if self.user_turns == 0:
+        self.responses += 1
+        action = self.booking.next_action(self.user_turns) if self.booking else None
+        if isinstance(action, ToolCall):
+            reply = _Reply("", b"", tool=action)
+            reply.task = asyncio.create_task(self._speak(reply), name=f"offline-tool-{reply.id}")
+            self.reply = reply
+            return
+        if isinstance(action, SayLine):
+            text = action.text
+        elif self.user_turns == 0 and not self.replayed_replies:
             text = GREETING
         else:
             text = scripted_reply(self.replies_after_user)
@@ -547,7 +611,10 @@ class _Call:
     async def _speak(self, reply: _Reply) -> None:
         """Send one scripted reply the way the Realtime API streams a model response."""
         try:
-            await self._stream_reply(reply)
+            if reply.tool is not None:
+                await self._stream_function_call(reply)
+            else:
+                await self._stream_reply(reply)
         except ConnectionClosed:
             logger.debug(f"Client left during {reply.id}")
         except Exception:
@@ -587,6 +654,43 @@ class _Call:
         part = {"type": "output_audio", "transcript": reply.text}
         await self.send("response.content_part.done", **ids, part=part)
         item.update(status="completed", content=[part])
+        await self.send("response.output_item.done", response_id=reply.id, output_index=0, item=item)
+        await self.send("conversation.item.done", previous_item_id=previous, item=item)
+        await self.send("response.done", response=self._response(reply, "completed", [item]))
+
+    async def _stream_function_call(self, reply: _Reply) -> None:
+        """Send a response whose output is one function call, as the Realtime API does.
+
+        Events: response.created, response.output_item.added and conversation.item.added
+        (a ``function_call`` item), response.function_call_arguments.delta/.done,
+        response.output_item.done, conversation.item.done, response.done.
+        """
+        tool = reply.tool
+        assert tool is not None
+        arguments = json.dumps(tool.arguments)
+        item = {
+            "id": reply.item_id,
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "in_progress",
+            "call_id": _new_id("call"),
+            "name": tool.name,
+            "arguments": "",
+        }
+        await self.send("response.created", response=self._response(reply, "in_progress", []))
+        if await reply.pause(self.server.response_delay_ms / 1000):
+            await self._end_cancelled(reply, item, spoken="")
+            return
+        previous = self._add_item(item)
+        ids = {"response_id": reply.id, "item_id": reply.item_id, "output_index": 0}
+        await self.send("response.output_item.added", response_id=reply.id, output_index=0, item=item)
+        await self.send("conversation.item.added", previous_item_id=previous, item=item)
+        await self.send("response.function_call_arguments.delta", **ids, call_id=item["call_id"], delta=arguments)
+        item.update(status="completed", arguments=arguments)
+        await self.send(
+            "response.function_call_arguments.done", **ids, call_id=item["call_id"], name=tool.name,
+            arguments=arguments,
+        )
         await self.send("response.output_item.done", response_id=reply.id, output_index=0, item=item)
         await self.send("conversation.item.done", previous_item_id=previous, item=item)
         await self.send("response.done", response=self._response(reply, "completed", [item]))
@@ -719,6 +823,22 @@ class OfflineRealtimeServer:
             self._log_file.close()
             self._log_file = None
 
+    def drop_connections(self) -> int:
+        """Fault injection: cut every call's socket without a close handshake.
+
+        The client sees the connection fail as a network drop would make it (close
+        code 1006), not an orderly close.
+
+        Returns:
+            How many connections were dropped.
+        """
+        if self._server is None:
+            return 0
+        connections = list(self._server.connections)
+        for connection in connections:
+            connection.transport.abort()
+        return len(connections)
+
     async def __aenter__(self) -> "OfflineRealtimeServer":
         """Start the server for an ``async with`` block."""
         await self.start()
@@ -737,6 +857,7 @@ class OfflineRealtimeServer:
         query = parse_qs(urlsplit(ws.request.path).query)
         model = query.get("model", ["offline"])[0]
         logger.info(f"Call connected from {ws.remote_address} (model={model})")
+        self._record({"type": "connection.opened", "model": model})  # a marker, not an event
         await _Call(self, ws, model).run()
         logger.info(f"Call from {ws.remote_address} ended")
 

@@ -51,6 +51,7 @@ def server_process(
         "PORT": str(port),
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "CALLS_DB_PATH": str(workdir / "calls.db"),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'booking.db'}",
         "AGENT_PROVIDER": "local",
         "LOG_LEVEL": "INFO",
     }

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketTransport
 
 from config import Settings
 from records import CallStore
+
+if TYPE_CHECKING:
+    from call_control import CallControl
+    from resources import Resources
 
 
 @dataclass
@@ -37,3 +42,5 @@ class CallContext:
     to_number: str | None = None
     parameters: dict[str, str] = field(default_factory=dict)
     local_agent_url: str | None = None
+    resources: "Resources | None" = None
+    control: "CallControl | None" = None

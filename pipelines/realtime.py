@@ -30,7 +30,9 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from pipelines.base import CallContext
 from pipelines.services import speech_to_speech
+from pipelines.tools import attach_tools
 from processors.barge_in import PlayoutTracker
+from processors.dtmf import DTMFToAgent
 from processors.echo import EchoCanceller
 from processors.resampler import AudioResamplerProcessor
 from processors.transcript import TranscriptLogger
@@ -49,7 +51,11 @@ def build(call: CallContext) -> list[FrameProcessor]:
     """
     playout = PlayoutTracker(call.stream_sid)
     s2s = speech_to_speech(call.settings, playout, local_agent_url=call.local_agent_url)
+    tools = call.resources.tools if call.resources else None
     context = LLMContext(messages=[{"role": "user", "content": call.settings.AGENT_GREETING_PROMPT}])
+    if tools:
+        context.set_tools(tools.tools_schema())
+    attach_tools(call, s2s.service)
     vad = PhoneSileroVADAnalyzer(
         params=VADParams(
             confidence=call.settings.VAD_CONFIDENCE,
@@ -71,11 +77,14 @@ def build(call: CallContext) -> list[FrameProcessor]:
         user_params=LLMUserAggregatorParams(vad_analyzer=vad, user_turn_strategies=turns),
     )
     transcript = TranscriptLogger(call.store, call.call_sid, playout)
+    if call.control:
+        call.control.watch(playout)
 
     return [
         call.transport.input(),  # Twilio media -> 8 kHz PCM (our G.711 codec)
         EchoCanceller(playout),  # the agent's own voice leaking back is not the caller
         context_aggregators.user(),  # Silero VAD at 8 kHz: caller turns and barge-in
+        DTMFToAgent(),  # keys the caller presses -> the model and the call record
         AudioResamplerProcessor(s2s.input_sample_rate, InputAudioRawFrame),  # 8 kHz -> model
         transcript.user(),  # caller turns -> call record
         s2s.service,  # the speech-to-speech model

@@ -13,9 +13,15 @@ from :class:`~processors.barge_in.PlayoutTracker` (the newest Twilio mark echo o
 reply), and the reply stays truncatable until it has finished playing, not sending.
 Source for the event: platform.openai.com/docs/api-reference/realtime-client-events
 (``conversation.item.truncate``: ``item_id``, ``content_index``, ``audio_end_ms``).
+
+It also adds :meth:`reconnect`: Pipecat's service does not reconnect when its socket
+drops, so the call's error handler asks it to, within a deadline; the conversation so
+far is replayed from the context on the new session.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from loguru import logger
 
@@ -39,6 +45,30 @@ class PlayoutAwareOpenAIRealtimeLLMService(OpenAIRealtimeLLMService):
         super().__init__(**kwargs)
         self._playout = playout
         self._unplayed_response = None  # the last audio response until it finished playing
+
+    async def reconnect(self, timeout_s: float = 2.0) -> bool:
+        """Open a new session and replay the conversation so far (from the context).
+
+        Args:
+            timeout_s: Deadline for the new connection, in seconds.
+
+        Returns:
+            True if a new session is connected.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                if self._context is None:  # the call has not started talking yet
+                    await self._disconnect()
+                    await self._connect()
+                else:
+                    await self.reset_conversation()
+        except TimeoutError:
+            logger.warning(f"{self}: no new session within {timeout_s:.1f} s")
+            return False
+        except Exception as e:
+            logger.warning(f"{self}: reconnecting failed: {e}")
+            return False
+        return self._websocket is not None
 
     async def _handle_evt_audio_delta(self, evt):
         await super()._handle_evt_audio_delta(evt)

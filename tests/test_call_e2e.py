@@ -57,7 +57,8 @@ async def test_a_call_with_real_speech_is_answered_and_recorded(server, tmp_path
     assert record["call_sid"] == result.call_sid
     assert record["from"] == "+15551230001" and record["to"] == "+15559870002"
     assert record["provider"] == "local"
-    assert record["end_reason"] == "caller_hung_up"
+    # The offline agent's booking scenario ends the call after its goodbye.
+    assert record["end_reason"] == "agent_ended"
     assert record["ended_at"] >= record["started_at"]
     turns = record["turns"]
     assert turns[0]["role"] == "assistant" and "Grand Harbor" in turns[0]["text"]
@@ -65,6 +66,7 @@ async def test_a_call_with_real_speech_is_answered_and_recorded(server, tmp_path
     assistants = [t for t in turns if t["role"] == "assistant"]
     assert len(users) == len(result.utterances)
     assert len(assistants) == len(result.utterances) + 1  # the greeting and one reply each
+    assert [c["name"] for c in record["tool_calls"]][:1] == ["get_caller_context"]
     for turn in users:
         assert turn["text"].startswith("[caller spoke ")
     for before, after in zip(turns, turns[1:]):
@@ -84,3 +86,20 @@ async def test_an_unsigned_call_is_refused(server):
             "/twilio/incoming-call", data={"CallSid": "CA" + "0" * 32, "From": "+1555"}
         )
     assert response.status_code == 403
+
+
+@pytest.mark.asyncio
+async def test_the_caller_hanging_up_mid_call_tears_the_call_down(server):
+    url, log = server
+    result = await run_call(url, str(AUDIO / "jfk_8k.wav"), auth_token=TOKEN, max_call_s=12)
+    hung_up = time.monotonic()
+    assert result.ended_by == "max_call_s"  # the caller sent stop and closed, mid-call
+
+    async with httpx.AsyncClient(base_url=url) as client:
+        while (await client.get("/health")).json()["active_calls"]:
+            assert time.monotonic() - hung_up < 1.0, "call still active 1 s after hang-up"
+            await asyncio.sleep(0.05)
+        record = (await client.get(f"/api/calls/{result.call_sid}")).json()
+    assert record["end_reason"] == "caller_hung_up"
+    assert record["ended_at"] is not None
+    assert record["turns"][0]["role"] == "assistant"  # what was said so far is kept

@@ -1,0 +1,29 @@
+"""Settings of the agent's tools and call control, read from the environment and ``.env``.
+
+Kept apart from the server's :mod:`config` (listening, Twilio credentials, providers):
+these describe what the agent can do during a call. Every variable is documented in
+README.md and ``.env.example``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["AgentSettings"]
+
+
+class AgentSettings(BaseSettings):
+    """Tools and call control. Field names are the environment variable names."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    DATABASE_URL: str = "sqlite+aiosqlite:///booking.db"
+    LOAD_DEMO_DATA: bool = True  # hotels and a known caller, loaded once if missing
+    TRANSFER_NUMBER: str | None = None  # E.164 number transfer_call dials
+    TOOL_WEBHOOKS: list[dict[str, Any]] = Field(default_factory=list)  # JSON list of webhook tools
+    MCP_SERVERS: list[str] = Field(default_factory=list)  # not supported yet: see README
+    TOOL_ACK_TEXT: str = "One moment while I check that for you."
+    END_CALL_WAIT_SECS: float = Field(default=15.0, gt=0)  # longest wait for the goodbye to play
