@@ -39,6 +39,8 @@ __all__ = ["MAX_MODEL_RECONNECTS", "StreamStart", "run_bot"]
 
 #: How many times a call reconnects a dropped model session before it apologises.
 MAX_MODEL_RECONNECTS = 3
+#: What Pipecat's GeminiLiveLLMService says when it stops reconnecting (pipecat 1.14).
+GAVE_UP = "Max consecutive failures"
 
 
 @dataclass
@@ -174,18 +176,23 @@ async def run_bot(
     async def on_pipeline_error(_worker, frame: ErrorFrame):
         if control.reason is not None or frame.processor is None or recovery["busy"]:
             return
-        if frame.processor is not model and frame.processor.is_usable:
+        if frame.processor is model and hasattr(model, "reconnect"):
+            # Our OpenAI Realtime service: Pipecat's does not reconnect by itself.
+            if recovery["attempts"] < MAX_MODEL_RECONNECTS:
+                recovery["busy"], recovery["attempts"] = True, recovery["attempts"] + 1
+                logger.warning(f"[{call_sid}] model failed ({frame.error}); reconnecting")
+                try:
+                    if await model.reconnect(timeout_s=2.0):
+                        logger.info(f"[{call_sid}] model reconnected with the conversation so far")
+                        await worker.queue_frames([LLMRunFrame()])  # pick the conversation up
+                        return
+                finally:
+                    recovery["busy"] = False
+        elif frame.processor.is_usable and GAVE_UP not in str(frame.error):
+            # Gemini Live reconnects by itself (with its session resumption handle) and
+            # reports each failed attempt; it says so when it gives up.
+            logger.warning(f"[{call_sid}] {frame.processor} reported: {frame.error}")
             return
-        if hasattr(model, "reconnect") and recovery["attempts"] < MAX_MODEL_RECONNECTS:
-            recovery["busy"], recovery["attempts"] = True, recovery["attempts"] + 1
-            logger.warning(f"[{call_sid}] model failed ({frame.error}); reconnecting")
-            try:
-                if await model.reconnect(timeout_s=2.0):
-                    logger.info(f"[{call_sid}] model reconnected with the conversation so far")
-                    await worker.queue_frames([LLMRunFrame()])  # pick the conversation up again
-                    return
-            finally:
-                recovery["busy"] = False
         logger.error(f"[{call_sid}] model failed: {frame.error}; apologising and ending")
         await control.end_after_playout(MODEL_ERROR, resources.apology_pcm, APOLOGY_TEXT)
 

@@ -99,12 +99,14 @@ def _openai_realtime(
 
 def _gemini(settings: Settings) -> SpeechToSpeech:
     from google.genai.types import HttpOptions
-    from pipecat.services.google.gemini_live.llm import GeminiLiveLLMService, GeminiVADParams
+    from pipecat.services.google.gemini_live.llm import GeminiVADParams
 
-    service = GeminiLiveLLMService(
+    from processors.gemini_resume import ResumingGeminiLiveLLMService
+
+    service = ResumingGeminiLiveLLMService(
         api_key=settings.GOOGLE_API_KEY.get_secret_value() if settings.GOOGLE_API_KEY else "",
         http_options=HttpOptions(base_url=settings.GEMINI_BASE_URL) if settings.GEMINI_BASE_URL else None,
-        settings=GeminiLiveLLMService.Settings(
+        settings=ResumingGeminiLiveLLMService.Settings(
             model=settings.GEMINI_MODEL,
             system_instruction=settings.AGENT_INSTRUCTIONS,
             vad=GeminiVADParams(disabled=True),
