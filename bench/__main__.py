@@ -2,13 +2,15 @@
 
 from loguru import logger
 
-from bench import barge_in
+from bench import barge_in, reply_delay
 
 
 def main() -> None:
     """Run every benchmark and print a table for each."""
     logger.remove()
     logger.add(lambda m: None)  # the callers' logs would drown the figures
+    print(reply_delay.report(reply_delay.run()), flush=True)
+    print()
     print(barge_in.report(barge_in.run()))
 
 

@@ -28,7 +28,13 @@ from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import (
 )
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
+from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+from pipecat.turns.user_stop.turn_analyzer_user_turn_stop_strategy import (
+    TurnAnalyzerUserTurnStopStrategy,
+)
+
 from pipelines.base import CallContext
+from pipelines.call_settings import agent_config
 from pipelines.services import speech_to_speech
 from pipelines.tools import attach_tools
 from processors.barge_in import PlayoutTracker
@@ -49,32 +55,16 @@ def build(call: CallContext) -> list[FrameProcessor]:
     Returns:
         The processors in pipeline order.
     """
+    agent = agent_config(call.settings, call.resources.agent if call.resources else None, call.parameters)
     playout = PlayoutTracker(call.stream_sid)
-    s2s = speech_to_speech(call.settings, playout, local_agent_url=call.local_agent_url)
+    s2s = speech_to_speech(call.settings, playout, agent, local_agent_url=call.local_agent_url)
     tools = call.resources.tools if call.resources else None
     context = LLMContext(messages=[{"role": "user", "content": call.settings.AGENT_GREETING_PROMPT}])
     if tools:
         context.set_tools(tools.tools_schema())
     attach_tools(call, s2s.service)
-    vad = PhoneSileroVADAnalyzer(
-        params=VADParams(
-            confidence=call.settings.VAD_CONFIDENCE,
-            start_secs=call.settings.BARGE_IN_MIN_SECS,
-            stop_secs=call.settings.VAD_STOP_SECS,
-            min_volume=call.settings.VAD_MIN_VOLUME,
-        )
-    )
-    turns = UserTurnStrategies(
-        start=[VADUserTurnStartStrategy()],
-        stop=[
-            SpeechTimeoutUserTurnStopStrategy(
-                user_speech_timeout=call.settings.USER_TURN_TIMEOUT_SECS, wait_for_transcript=False
-            )
-        ],
-    )
     context_aggregators = LLMContextAggregatorPair(
-        context,
-        user_params=LLMUserAggregatorParams(vad_analyzer=vad, user_turn_strategies=turns),
+        context, user_params=_turn_taking(call, agent.turn_detection)
     )
     transcript = TranscriptLogger(call.store, call.call_sid, playout)
     if call.control:
@@ -93,3 +83,34 @@ def build(call: CallContext) -> list[FrameProcessor]:
         call.transport.output(),  # mu-law media frames and marks to Twilio
         context_aggregators.assistant(),
     ]
+
+
+def _turn_taking(call: CallContext, mode: str) -> LLMUserAggregatorParams:
+    """Who decides the caller's turns (``TURN_DETECTION``).
+
+    - ``local``: Silero VAD; the turn ends after ``USER_TURN_TIMEOUT_SECS`` of silence.
+    - ``smart``: Silero VAD; the turn ends when Pipecat's smart-turn model (its ONNX
+      ships in the pipecat wheel) judges the caller finished.
+    - ``server``: the provider's VAD; the service reports the turns.
+    """
+    if mode == "server":
+        return LLMUserAggregatorParams()
+    settings = call.settings
+    vad = PhoneSileroVADAnalyzer(
+        params=VADParams(
+            confidence=settings.VAD_CONFIDENCE,
+            start_secs=settings.BARGE_IN_MIN_SECS,
+            stop_secs=settings.VAD_STOP_SECS,
+            min_volume=settings.VAD_MIN_VOLUME,
+        )
+    )
+    if mode == "smart":
+        stop = TurnAnalyzerUserTurnStopStrategy(
+            turn_analyzer=LocalSmartTurnAnalyzerV3(), wait_for_transcript=False
+        )
+    else:
+        stop = SpeechTimeoutUserTurnStopStrategy(
+            user_speech_timeout=settings.USER_TURN_TIMEOUT_SECS, wait_for_transcript=False
+        )
+    turns = UserTurnStrategies(start=[VADUserTurnStartStrategy()], stop=[stop])
+    return LLMUserAggregatorParams(vad_analyzer=vad, user_turn_strategies=turns)

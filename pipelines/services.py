@@ -11,8 +11,13 @@ Audio each provider takes and returns (and so what our resamplers convert to):
   (``audio/pcm;rate=8000``) and returns 24 kHz (ai.google.dev/gemini-api/docs/live).
   The caller's 8 kHz goes as it is: no resampling on the way in.
 
-Server-side turn detection is switched off for both: Silero VAD on the user
-aggregator decides the caller's turns, so barge-in is ours to control.
+Turn detection (``TURN_DETECTION``): by default the provider's own VAD is switched
+off for both and Silero VAD on the user aggregator decides the caller's turns, so
+barge-in is ours to control; ``server`` hands turns to the provider's VAD instead.
+
+Per-call settings (:mod:`pipelines.call_settings`): model, voice, language and
+instructions for both; temperature for Gemini only (OpenAI Realtime's GA session has
+no temperature).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pipecat.services.openai.realtime import events
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
 
 from config import Settings
+from pipelines.call_settings import LANGUAGES, AgentConfig
 from processors.barge_in import PlayoutTracker
 from processors.openai_truncation import PlayoutAwareOpenAIRealtimeLLMService
 
@@ -46,13 +52,18 @@ class SpeechToSpeech:
 
 
 def speech_to_speech(
-    settings: Settings, playout: PlayoutTracker, *, local_agent_url: str | None = None
+    settings: Settings,
+    playout: PlayoutTracker,
+    agent: AgentConfig,
+    *,
+    local_agent_url: str | None = None,
 ) -> SpeechToSpeech:
     """Build the configured provider's speech-to-speech service for one call.
 
     Args:
-        settings: The server's settings (provider, keys, base URLs, instructions).
+        settings: The server's settings (provider, keys, base URLs).
         playout: The call's playout tracker (OpenAI truncation follows what was heard).
+        agent: The call's agent: model, voice, language, instructions, turn detection.
         local_agent_url: The offline agent's WebSocket URL; required for ``local``.
 
     Returns:
@@ -62,26 +73,29 @@ def speech_to_speech(
         ValueError: If the provider is ``local`` and no agent URL is known.
     """
     if settings.provider == "gemini":
-        return _gemini(settings)
+        return _gemini(settings, agent)
     if settings.provider == "openai":
         key = settings.OPENAI_API_KEY.get_secret_value() if settings.OPENAI_API_KEY else ""
-        return _openai_realtime(settings, playout, key, settings.OPENAI_REALTIME_BASE_URL)
+        return _openai_realtime(playout, agent, key, settings.OPENAI_REALTIME_BASE_URL)
     if not local_agent_url:
         raise ValueError("provider 'local' needs the offline agent's URL")
-    return _openai_realtime(settings, playout, "offline", local_agent_url)
+    return _openai_realtime(playout, agent, "offline", local_agent_url)
 
 
 def _openai_realtime(
-    settings: Settings, playout: PlayoutTracker, api_key: str, base_url: str
+    playout: PlayoutTracker, agent: AgentConfig, api_key: str, base_url: str
 ) -> SpeechToSpeech:
+    turn_detection = events.TurnDetection() if agent.turn_detection == "server" else False
     session = events.SessionProperties(
         audio=events.AudioConfiguration(
             input=events.AudioInput(
-                turn_detection=False,
-                transcription=events.InputAudioTranscription(model="gpt-4o-transcribe"),
+                turn_detection=turn_detection,
+                transcription=events.InputAudioTranscription(
+                    model="gpt-4o-transcribe", language=agent.language
+                ),
                 noise_reduction=events.InputAudioNoiseReduction(type="far_field"),
             ),
-            output=events.AudioOutput(voice="marin"),
+            output=events.AudioOutput(voice=agent.voice or "marin"),
         ),
     )
     service = PlayoutAwareOpenAIRealtimeLLMService(
@@ -89,15 +103,15 @@ def _openai_realtime(
         api_key=api_key,
         base_url=base_url,
         settings=OpenAIRealtimeLLMService.Settings(
-            model=settings.OPENAI_REALTIME_MODEL,
-            system_instruction=settings.AGENT_INSTRUCTIONS,
+            model=agent.model,
+            system_instruction=agent.full_instructions,
             session_properties=session,
         ),
     )
     return SpeechToSpeech(service, input_sample_rate=24000, output_sample_rate=24000)
 
 
-def _gemini(settings: Settings) -> SpeechToSpeech:
+def _gemini(settings: Settings, agent: AgentConfig) -> SpeechToSpeech:
     from google.genai.types import HttpOptions
     from pipecat.services.google.gemini_live.llm import GeminiVADParams
 
@@ -107,9 +121,12 @@ def _gemini(settings: Settings) -> SpeechToSpeech:
         api_key=settings.GOOGLE_API_KEY.get_secret_value() if settings.GOOGLE_API_KEY else "",
         http_options=HttpOptions(base_url=settings.GEMINI_BASE_URL) if settings.GEMINI_BASE_URL else None,
         settings=ResumingGeminiLiveLLMService.Settings(
-            model=settings.GEMINI_MODEL,
-            system_instruction=settings.AGENT_INSTRUCTIONS,
-            vad=GeminiVADParams(disabled=True),
+            model=agent.model,
+            system_instruction=agent.full_instructions,
+            voice=agent.voice or "Charon",
+            language=LANGUAGES[agent.language][0],
+            temperature=agent.temperature,
+            vad=GeminiVADParams(disabled=agent.turn_detection != "server"),
         ),
     )
     return SpeechToSpeech(service, input_sample_rate=8000, output_sample_rate=24000)

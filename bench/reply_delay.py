@@ -1,0 +1,56 @@
+"""Reply delay after the caller stops, for each way of detecting the end of their turn.
+
+From the last frame of each caller utterance sent to the first agent audio the
+simulated caller plays, with the offline agent answering at once (so the figure is
+turn detection plus our pipeline, not a model's thinking time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+from offline.caller import run_call
+from offline.server_process import server_process
+
+AUDIO = Path(__file__).resolve().parent.parent.parent / "shared" / "audio"
+MODES = {
+    "local": "Silero VAD + 0.6 s silence",
+    "smart": "Silero VAD + smart-turn v3",
+    "server": "provider VAD (offline agent's)",
+}
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def run(calls: int = 2) -> dict[str, list[float]]:
+    """Reply delays (ms) per turn-detection mode, over ``calls`` calls of jfk_8k.wav each."""
+    results: dict[str, list[float]] = {}
+    for mode in MODES:
+        delays: list[float] = []
+        with tempfile.TemporaryDirectory() as tmp, server_process(Path(tmp), TURN_DETECTION=mode) as (url, _):
+            for _ in range(calls):
+                result = asyncio.run(run_call(url, str(AUDIO / "jfk_8k.wav"), max_call_s=90))
+                delays += [u["reply_delay_ms"] for u in result.utterances if u["replied"]]
+        results[mode] = delays
+    return results
+
+
+def report(results: dict[str, list[float]]) -> str:
+    """A text table of the reply delays."""
+    lines = [
+        "Reply delay: caller stops -> agent audio heard (offline agent answers at once)",
+        f"{'turn detection':40} {'n':>3} {'p50 ms':>7} {'p95 ms':>7}",
+    ]
+    for mode, delays in results.items():
+        if delays:
+            lines.append(
+                f"{MODES[mode]:40} {len(delays):3d} {_percentile(delays, 50):7.0f} {_percentile(delays, 95):7.0f}"
+            )
+        else:
+            lines.append(f"{MODES[mode]:40}   0 (no reply)")
+    return "\n".join(lines)
