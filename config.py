@@ -7,14 +7,17 @@ stops the server at start with a :class:`ConfigError` naming the variable.
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import cached_property
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Provider = Literal["gemini", "openai", "local"]
+#: A phone number in E.164: ``+``, country code, subscriber number, at most 15 digits.
+E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 
 
 class ConfigError(ValueError):
@@ -55,6 +58,20 @@ class Settings(BaseSettings):
     TWILIO_ACCOUNT_SID: str | None = None
     TWILIO_AUTH_TOKEN: SecretStr | None = None
     TWILIO_API_BASE_URL: str | None = None  # e.g. a local fake of api.twilio.com in tests
+    TWILIO_FROM_NUMBER: str | None = None  # caller ID of outbound calls (one of our Twilio numbers)
+
+    # Locked doors (README "Security").
+    ALLOW_UNSIGNED_WEBHOOKS: bool | None = None  # None: only without a token, on loopback
+    API_KEY: SecretStr | None = None  # Bearer key of our own endpoints; unset: loopback only
+    STREAM_TOKEN_TTL_SECS: float = Field(default=30.0, gt=0, le=600)
+
+    # Capacity and shutdown.
+    MAX_CONCURRENT_CALLS: int = Field(default=10, ge=1)
+    SHUTDOWN_GRACE_SECS: float = Field(default=30.0, ge=0)
+
+    # Outbound calls (README "Outbound calls").
+    OUTBOUND_RING_TIMEOUT_SECS: int = Field(default=30, ge=5, le=600)
+    AMD_TIMEOUT_SECS: int = Field(default=30, ge=3, le=59)
 
     AGENT_PROVIDER: Provider | None = None
     GOOGLE_API_KEY: SecretStr | None = None
@@ -82,6 +99,12 @@ class Settings(BaseSettings):
     CALLS_DB_PATH: str = "calls.db"
     LOG_LEVEL: str = "INFO"
 
+    @field_validator("ALLOW_UNSIGNED_WEBHOOKS", "AGENT_PROVIDER", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value):
+        """An empty value (``ALLOW_UNSIGNED_WEBHOOKS=``, as in ``.env.example``) means unset."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def check(self) -> "Settings":
         """Refuse combinations that cannot work, naming the variable.
@@ -89,25 +112,47 @@ class Settings(BaseSettings):
         Raises:
             ConfigError: ``AGENT_PROVIDER=gemini`` without ``GOOGLE_API_KEY``,
                 ``AGENT_PROVIDER=openai`` without ``OPENAI_API_KEY``, a non-loopback
-                ``HOST`` without ``TWILIO_AUTH_TOKEN``, or a ``PUBLIC_BASE_URL`` that
-                is not an http(s) origin.
+                ``HOST`` without ``TWILIO_AUTH_TOKEN``, ``ALLOW_UNSIGNED_WEBHOOKS=true``
+                on a non-loopback ``HOST``, ``ALLOW_UNSIGNED_WEBHOOKS=false`` without
+                a token, unsigned webhooks behind a public ``PUBLIC_BASE_URL``, a
+                ``PUBLIC_BASE_URL`` that is not an http(s) origin, or a
+                ``TWILIO_FROM_NUMBER`` that is not E.164.
         """
         if self.provider == "gemini" and not self.GOOGLE_API_KEY:
             raise ConfigError("AGENT_PROVIDER=gemini needs GOOGLE_API_KEY to be set")
         if self.provider == "openai" and not self.OPENAI_API_KEY:
             raise ConfigError("AGENT_PROVIDER=openai needs OPENAI_API_KEY to be set")
+        if self.ALLOW_UNSIGNED_WEBHOOKS and not is_loopback(self.HOST):
+            raise ConfigError(
+                f"ALLOW_UNSIGNED_WEBHOOKS=true is for local development only and HOST={self.HOST} "
+                "is reachable from other machines: bind HOST=127.0.0.1 or drop the switch"
+            )
         if not is_loopback(self.HOST) and not self.TWILIO_AUTH_TOKEN:
             raise ConfigError(
                 f"HOST={self.HOST} is reachable from other machines: set TWILIO_AUTH_TOKEN so "
                 "webhooks are signature-checked, or bind HOST=127.0.0.1"
             )
+        if self.ALLOW_UNSIGNED_WEBHOOKS is False and not self.TWILIO_AUTH_TOKEN:
+            raise ConfigError(
+                "ALLOW_UNSIGNED_WEBHOOKS=false requires signed webhooks: set TWILIO_AUTH_TOKEN"
+            )
         if self.PUBLIC_BASE_URL:
             parts = urlsplit(self.PUBLIC_BASE_URL)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
+            if parts.scheme not in ("http", "https") or not parts.netloc or not parts.hostname:
                 raise ConfigError(
                     f"PUBLIC_BASE_URL must be an http(s) origin like https://abc.ngrok.app, "
                     f"got {self.PUBLIC_BASE_URL!r}"
                 )
+            if not self.signatures_required and not is_loopback(parts.hostname):
+                raise ConfigError(
+                    f"PUBLIC_BASE_URL={self.PUBLIC_BASE_URL} is reachable from the internet but "
+                    "webhooks would not be signature-checked: set TWILIO_AUTH_TOKEN"
+                )
+        if self.TWILIO_FROM_NUMBER and not E164.fullmatch(self.TWILIO_FROM_NUMBER):
+            raise ConfigError(
+                f"TWILIO_FROM_NUMBER must be an E.164 number like +15551234567, "
+                f"got {self.TWILIO_FROM_NUMBER!r}"
+            )
         return self
 
     @cached_property
@@ -140,7 +185,30 @@ class Settings(BaseSettings):
     @property
     def auth_token(self) -> str | None:
         """The Twilio auth token in clear, or None (never log it)."""
-        return self.TWILIO_AUTH_TOKEN.get_secret_value() if self.TWILIO_AUTH_TOKEN else None
+        return (self.TWILIO_AUTH_TOKEN.get_secret_value() or None) if self.TWILIO_AUTH_TOKEN else None
+
+    @property
+    def api_key(self) -> str | None:
+        """The key our own endpoints require as ``Authorization: Bearer``, or None."""
+        return (self.API_KEY.get_secret_value() or None) if self.API_KEY else None
+
+    @property
+    def signatures_required(self) -> bool:
+        """Whether Twilio's requests must carry a valid ``X-Twilio-Signature``.
+
+        Returns:
+            False with ``ALLOW_UNSIGNED_WEBHOOKS=true``, or when the switch is unset
+            and there is no ``TWILIO_AUTH_TOKEN`` (local development on loopback:
+            :meth:`check` refuses anything else); True otherwise.
+        """
+        if self.ALLOW_UNSIGNED_WEBHOOKS is not None:
+            return not self.ALLOW_UNSIGNED_WEBHOOKS
+        return bool(self.auth_token)
+
+    def secrets(self) -> list[str]:
+        """Every secret value set, in clear, for log redaction (never log the list)."""
+        fields = (self.TWILIO_AUTH_TOKEN, self.API_KEY, self.GOOGLE_API_KEY, self.OPENAI_API_KEY)
+        return [f.get_secret_value() for f in fields if f is not None and f.get_secret_value()]
 
 
 def load_settings(**overrides) -> Settings:

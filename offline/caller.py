@@ -26,6 +26,11 @@ runs exactly the code it runs in production:
    the greeting to finish, says one utterance, waits for the reply to finish, says
    the next, and hangs up after the last reply. It measures the time to greeting and
    every reply delay, and can save the whole call as heard to a WAV.
+5. **Outbound calls.** :func:`run_outbound_leg` is the phone that answered a call the
+   server placed: given the ``<Stream>`` of the call's TwiML it opens the media stream
+   as above. :func:`post_twilio_request` with :func:`status_callback_params` and
+   :func:`amd_callback_params` sends Twilio's signed call-progress and answering
+   machine detection callbacks.
 
 Usage::
 
@@ -67,12 +72,16 @@ __all__ = [
     "StreamInfo",
     "TwimlError",
     "WebhookError",
+    "amd_callback_params",
     "frame_dbfs",
     "load_wav_8k",
     "main",
     "parse_twiml",
+    "post_twilio_request",
     "run_call",
+    "run_outbound_leg",
     "split_utterances",
+    "status_callback_params",
 ]
 
 SAMPLE_RATE = 8000  # Hz; Twilio Media Streams carry audio/x-mulaw at 8000 Hz, mono
@@ -475,6 +484,8 @@ class CallResult:
     clear_events: list[dict[str, Any]] = field(default_factory=list)
     stale_media_after_clear: int = 0
     backchannel_at: float | None = None
+    dtmf_sent_at: float | None = None
+    dtmf_answered_at: float | None = None
 
     @property
     def all_answered(self) -> bool:
@@ -501,7 +512,7 @@ class CallResult:
             )
         lines = [f"Call {self.call_sid}  stream {self.stream_sid}"]
         if self.parameters:
-            lines.append(f"  stream parameters: {self.parameters}")
+            lines.append(f"  stream parameters: {_redacted(self.parameters)}")
         lines += [f"  {t:7.2f} s  {text}" for t, text in sorted(events)]
         lines.append(f"  {self.duration_s:7.2f} s  call ended by {self.ended_by}")
         greeting = f"{self.greeting_ms:.0f} ms" if self.greeting_ms is not None else "none"
@@ -539,6 +550,9 @@ class CallerBehaviour:
             utterance (ms), like a caller's "mm-hm", and go on waiting.
         speech_dbfs: Scale the caller's speech so its active level is this (dBFS),
             e.g. -35 for a quiet phone caller; None keeps the WAV's level.
+        dtmf_after_greeting: Keys to press (Twilio ``dtmf`` messages, one per key)
+            once the greeting has played, then wait for the agent's answer before
+            speaking.
     """
 
     barge_in_after_ms: float | None = None
@@ -546,6 +560,7 @@ class CallerBehaviour:
     echo_delay_ms: float = 40.0
     backchannel_ms: float | None = None
     speech_dbfs: float | None = None
+    dtmf_after_greeting: str | None = None
 
 
 class _MediaSession:
@@ -571,6 +586,8 @@ class _MediaSession:
         self.reply_played_bytes = 0  # agent audio played since the current reply began
         self.barged_in_phase = False
         self.cleared_this_utterance = False
+        self.dtmf_pending = self.behaviour.dtmf_after_greeting or ""
+        self.dtmf_to_send = ""
         self.backchannel_left = (
             int(self.behaviour.backchannel_ms // FRAME_MS) if self.behaviour.backchannel_ms else 0
         )
@@ -678,7 +695,9 @@ class _MediaSession:
         self.last_voiced_at = now
         if self.heard_in_phase is None and self.state in ("greeting", "awaiting_reply"):
             self.heard_in_phase = now
-            if self.state == "greeting":
+            if self.state == "greeting" and self.result.greeting_ms is not None:
+                self.result.dtmf_answered_at = now  # the agent answered the keys pressed
+            elif self.state == "greeting":
                 self.result.greeting_ms = now * 1000.0
                 logger.info("Greeting heard after {:.0f} ms", now * 1000.0)
             else:
@@ -752,7 +771,11 @@ class _MediaSession:
             return frames[index]
         if self.state in ("greeting", "awaiting_reply"):
             waited = now - self.phase_started
-            if self._agent_done(now):
+            if self._agent_done(now) and self.state == "greeting" and self.dtmf_pending:
+                self.dtmf_to_send, self.dtmf_pending = self.dtmf_pending, ""
+                self.phase_started, self.heard_in_phase = now, None  # wait for the answer
+                self.result.dtmf_sent_at = now
+            elif self._agent_done(now):
                 self._begin_next_utterance(now)
             elif self.heard_in_phase is None and waited >= self.reply_timeout_s:
                 what = (
@@ -830,6 +853,16 @@ class _MediaSession:
                 frame = self._caller_tick(now)
                 if frame is None:
                     break
+                if self.dtmf_to_send:  # one key per tick, as a phone would
+                    key, self.dtmf_to_send = self.dtmf_to_send[0], self.dtmf_to_send[1:]
+                    await self._send(
+                        {
+                            "event": "dtmf",
+                            "streamSid": result.stream_sid,
+                            "sequenceNumber": self._next_sequence(),
+                            "dtmf": {"track": "inbound_track", "digit": key},
+                        }
+                    )
                 await self._send(
                     {
                         "event": "media",
@@ -909,6 +942,95 @@ async def run_call(
         TwimlError: The answer has no ``<Connect><Stream>``.
         ValueError: No speech found in the WAV.
     """
+    pcm, spans = _caller_speech(wav_path, min_gap_ms, behaviour)
+    call_sid, account_sid, stream_sid = _sid("CA"), _sid("AC"), _sid("MZ")
+    params = _webhook_params(call_sid, account_sid, from_number, to_number)
+    response = await post_twilio_request(
+        server_url, WEBHOOK_PATH, params, auth_token=auth_token, public_base_url=public_base_url
+    )
+    public_url = (public_base_url or server_url).rstrip("/") + WEBHOOK_PATH
+    if not response.is_success:
+        raise WebhookError(
+            f"Webhook {public_url} answered {response.status_code}: {response.text[:300]}"
+        )
+    twiml = response.text
+    stream = parse_twiml(twiml)
+    logger.info("Call {} -> stream {} parameters={}", call_sid, stream.url,
+                _redacted(stream.parameters))
+    result = CallResult(
+        call_sid=call_sid, stream_sid=stream_sid, twiml=twiml, parameters=stream.parameters
+    )
+    await _media_leg(
+        result, stream, account_sid, pcm, spans, auth_token=auth_token,
+        ws_url_override=ws_url_override, reply_timeout_s=reply_timeout_s, max_call_s=max_call_s,
+        behaviour=behaviour,
+    )
+    if out_wav:
+        _write_wav_8k(out_wav, result.heard_pcm)
+        logger.info("Call as heard saved to {}", out_wav)
+    return result
+
+
+async def run_outbound_leg(
+    stream_url: str,
+    parameters: dict[str, str],
+    wav_path: str,
+    *,
+    call_sid: str,
+    account_sid: str | None = None,
+    auth_token: str | None = None,
+    out_wav: str | None = None,
+    min_gap_ms: int = 350,
+    reply_timeout_s: float = 10.0,
+    max_call_s: float = 120.0,
+    ws_url_override: str | None = None,
+    behaviour: CallerBehaviour | None = None,
+) -> CallResult:
+    """Be the phone that answered an outbound call: Twilio's side of its media stream.
+
+    An outbound call placed through the REST API runs the TwiML given with it once
+    answered; for ``<Connect><Stream>`` Twilio then opens the stream exactly as for
+    an incoming call (signed upgrade, ``connected``, ``start`` with the
+    ``<Parameter>``s as ``customParameters``, 20 ms media). The person waits for the
+    agent to speak, then talks like :func:`run_call`'s caller.
+
+    Args:
+        stream_url: The ``<Stream url>`` of the call's TwiML (see :func:`parse_twiml`).
+        parameters: Its ``<Parameter>``s.
+        wav_path: What the person says (16-bit PCM WAV).
+        call_sid: The SID the REST API gave the call.
+        account_sid: The account's SID (a random one if None).
+        auth_token: Twilio auth token; when given, the upgrade request is signed.
+        out_wav: If given, save the call as heard.
+        min_gap_ms: Silence (ms) in the WAV that separates two utterances.
+        reply_timeout_s: Give up waiting for the agent's first words or a reply (s).
+        max_call_s: Hard limit on the call length (s).
+        ws_url_override: Connect here instead of ``stream_url`` (still signed for it).
+        behaviour: Barge-in, echo and level options.
+
+    Returns:
+        The call's :class:`CallResult` (``greeting_ms``: when the agent first spoke).
+
+    Raises:
+        ValueError: No speech found in the WAV.
+        websockets.exceptions.InvalidStatus: The server refused the upgrade (e.g. 403).
+    """
+    pcm, spans = _caller_speech(wav_path, min_gap_ms, behaviour)
+    result = CallResult(call_sid=call_sid, stream_sid=_sid("MZ"), twiml="", parameters=parameters)
+    await _media_leg(
+        result, StreamInfo(stream_url, dict(parameters)), account_sid or _sid("AC"), pcm, spans,
+        auth_token=auth_token, ws_url_override=ws_url_override, reply_timeout_s=reply_timeout_s,
+        max_call_s=max_call_s, behaviour=behaviour,
+    )
+    if out_wav:
+        _write_wav_8k(out_wav, result.heard_pcm)
+    return result
+
+
+def _caller_speech(
+    wav_path: str, min_gap_ms: int, behaviour: CallerBehaviour | None
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The caller's speech at 8 kHz and its utterances (scaled as ``behaviour`` asks)."""
     pcm = load_wav_8k(wav_path)
     spans = split_utterances(pcm, min_gap_ms=min_gap_ms)
     if behaviour and behaviour.speech_dbfs is not None and spans:
@@ -917,28 +1039,23 @@ async def run_call(
         raise ValueError(f"No speech found in {wav_path}")
     logger.info("{}: {} utterance(s): {}", wav_path, len(spans),
                 ", ".join(f"{s / SAMPLE_RATE:.2f}-{e / SAMPLE_RATE:.2f} s" for s, e in spans))
+    return pcm, spans
 
-    call_sid, account_sid, stream_sid = _sid("CA"), _sid("AC"), _sid("MZ")
-    params = _webhook_params(call_sid, account_sid, from_number, to_number)
-    public_url = (public_base_url or server_url).rstrip("/") + WEBHOOK_PATH
-    validator = RequestValidator(auth_token) if auth_token else None
-    headers = {"User-Agent": "TwilioProxy/1.1"}
-    if validator:
-        headers["X-Twilio-Signature"] = validator.compute_signature(public_url, params)
-    webhook_url = server_url.rstrip("/") + WEBHOOK_PATH
-    async with httpx.AsyncClient(timeout=15.0) as http:
-        response = await http.post(webhook_url, data=params, headers=headers)
-    if not response.is_success:
-        raise WebhookError(
-            f"Webhook {public_url} answered {response.status_code}: {response.text[:300]}"
-        )
-    twiml = response.text
-    stream = parse_twiml(twiml)
-    logger.info("Call {} -> stream {} parameters={}", call_sid, stream.url, stream.parameters)
 
-    result = CallResult(
-        call_sid=call_sid, stream_sid=stream_sid, twiml=twiml, parameters=stream.parameters
-    )
+async def _media_leg(
+    result: CallResult,
+    stream: StreamInfo,
+    account_sid: str,
+    pcm: np.ndarray,
+    spans: list[tuple[int, int]],
+    *,
+    auth_token: str | None,
+    ws_url_override: str | None,
+    reply_timeout_s: float,
+    max_call_s: float,
+    behaviour: CallerBehaviour | None,
+) -> None:
+    """Open the media stream as Twilio does and hold the call until someone hangs up."""
     result.utterances = [
         {"start_s": s / SAMPLE_RATE, "end_s": e / SAMPLE_RATE, "sent_at": None, "ended_at": None,
          "replied": False, "reply_at": None, "reply_delay_ms": None}
@@ -947,19 +1064,115 @@ async def run_call(
     # Twilio signs every HTTP request it makes, the WebSocket upgrade included: the
     # signature covers the <Stream url> with no parameters.
     ws_headers = {}
-    if validator:
-        ws_headers["X-Twilio-Signature"] = validator.compute_signature(stream.url, {})
-    ws_url = ws_url_override or stream.url
-    async with connect(ws_url, additional_headers=ws_headers, max_size=None) as ws:
+    if auth_token:
+        ws_headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(
+            stream.url, {}
+        )
+    async with connect(ws_url_override or stream.url, additional_headers=ws_headers,
+                       max_size=None) as ws:
         session = _MediaSession(
             ws, result, account_sid, [_to_ulaw_frames(pcm[s:e]) for s, e in spans],
             reply_timeout_s=reply_timeout_s, max_call_s=max_call_s, behaviour=behaviour,
         )
-        await session.run(call_sid, stream.parameters)
-    if out_wav:
-        _write_wav_8k(out_wav, result.heard_pcm)
-        logger.info("Call as heard saved to {}", out_wav)
-    return result
+        await session.run(result.call_sid, stream.parameters)
+
+
+# ------------------------------------------------------------ Twilio's callbacks
+
+
+async def post_twilio_request(
+    server_url: str,
+    path: str,
+    params: dict[str, str],
+    *,
+    auth_token: str | None = None,
+    public_base_url: str | None = None,
+) -> httpx.Response:
+    """POST a form to the server the way Twilio does, signed when a token is given.
+
+    The signature (``X-Twilio-Signature``, computed by the twilio SDK) covers the
+    *public* URL, ``public_base_url + path``, as Twilio signs the URL it was given.
+    Source: https://www.twilio.com/docs/usage/webhooks/webhooks-security
+
+    Args:
+        server_url: Where the server listens, e.g. ``http://127.0.0.1:8000``.
+        path: e.g. ``/twilio/call-status`` (may carry a query string).
+        params: The form fields.
+        auth_token: Twilio auth token, or None for an unsigned request.
+        public_base_url: The server's public base URL (default ``server_url``).
+
+    Returns:
+        The server's response, whatever its status.
+    """
+    headers = {"User-Agent": "TwilioProxy/1.1"}
+    if auth_token:
+        public_url = (public_base_url or server_url).rstrip("/") + path
+        headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(
+            public_url, params
+        )
+    async with httpx.AsyncClient(timeout=15.0) as http:
+        return await http.post(server_url.rstrip("/") + path, data=params, headers=headers)
+
+
+def status_callback_params(
+    call_sid: str,
+    account_sid: str,
+    status: str,
+    *,
+    sequence_number: int,
+    from_number: str = "+15559870002",
+    to_number: str = "+15551230001",
+    duration_s: int | None = None,
+) -> dict[str, str]:
+    """Form fields of a call progress callback for an outbound call, as Twilio sends them.
+
+    Sources: https://www.twilio.com/docs/voice/api/call-resource#statuscallbackevent
+    and https://www.twilio.com/docs/voice/twiml#request-parameters (``CallStatus``
+    ``initiated``/``ringing``/``in-progress``/``completed``/``busy``/``no-answer``/
+    ``failed``/``canceled``; ``CallDuration`` in s with ``completed``;
+    ``SequenceNumber`` orders the callbacks; ``CallbackSource=call-progress-events``).
+
+    Args:
+        call_sid: The call.
+        account_sid: The account.
+        status: ``CallStatus``.
+        sequence_number: ``SequenceNumber`` (0 for the first callback).
+        from_number: ``From`` (our number, for an outbound call).
+        to_number: ``To`` (the person called).
+        duration_s: ``CallDuration``, for a finished call.
+
+    Returns:
+        The form.
+    """
+    params = {
+        "AccountSid": account_sid, "ApiVersion": API_VERSION, "CallSid": call_sid,
+        "CallStatus": status, "CallbackSource": "call-progress-events", "Direction": "outbound-api",
+        "From": from_number, "To": to_number, "SequenceNumber": str(sequence_number),
+        "Timestamp": time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime()),
+    }
+    if duration_s is not None:
+        params["CallDuration"] = str(duration_s)
+    return params
+
+
+def amd_callback_params(
+    call_sid: str, account_sid: str, answered_by: str, *, duration_ms: int = 2500
+) -> dict[str, str]:
+    """Form fields of the asynchronous AMD callback (``AsyncAmdStatusCallback``).
+
+    Source: https://www.twilio.com/docs/voice/answering-machine-detection (``AnsweredBy``:
+    ``human``, ``machine_start``, ``machine_end_beep``, ``machine_end_silence``,
+    ``machine_end_other``, ``fax``, ``unknown``; ``MachineDetectionDuration`` in ms).
+    """
+    return {
+        "AccountSid": account_sid, "CallSid": call_sid, "AnsweredBy": answered_by,
+        "MachineDetectionDuration": str(duration_ms),
+    }
+
+
+def _redacted(parameters: dict[str, str]) -> dict[str, str]:
+    """The stream parameters with the one-time stream token hidden (for logs)."""
+    return {k: ("[redacted]" if k == "stream_token" else v) for k, v in parameters.items()}
 
 
 def _scale_speech(pcm: np.ndarray, spans: list[tuple[int, int]], dbfs: float) -> np.ndarray:
@@ -993,12 +1206,13 @@ def _load_dotenv(path: Path) -> None:
         load_dotenv(path, override=False)
 
 
-def _print_turns(server_url: str, call_sid: str) -> None:
+def _print_turns(server_url: str, call_sid: str, api_key: str | None = None) -> None:
     """Print the server's record of the call (``GET /api/calls/{sid}``), if it has one."""
     url = f"{server_url.rstrip('/')}/api/calls/{call_sid}"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         for attempt in range(3):  # the server may still be saving the record
-            response = httpx.get(url, timeout=5.0)
+            response = httpx.get(url, timeout=5.0, headers=headers)
             if response.status_code != 404 or attempt == 2:
                 break
             time.sleep(0.5)
@@ -1031,6 +1245,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="public base URL the signature covers (env PUBLIC_BASE_URL)")
     parser.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN"),
                         help="Twilio auth token for X-Twilio-Signature (env TWILIO_AUTH_TOKEN)")
+    parser.add_argument("--api-key", default=os.environ.get("API_KEY"),
+                        help="the server's API key, to read the call record (env API_KEY)")
     parser.add_argument("--ws-url", help="connect to this WebSocket URL instead of the TwiML's")
     parser.add_argument("--from", dest="from_number", default="+15551230001")
     parser.add_argument("--to", dest="to_number", default="+15559870002")
@@ -1052,7 +1268,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CallSetupError, ValueError, OSError, httpx.HTTPError, WebSocketException) as exc:
         logger.error("Call failed: {}: {}", type(exc).__name__, exc)
         return 1
-    _print_turns(args.server, result.call_sid)
+    _print_turns(args.server, result.call_sid, args.api_key or None)
     print(result.summary())
     return 0 if result.all_answered else 1
 

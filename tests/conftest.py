@@ -7,6 +7,6 @@ from tests.support import FakeTwilioRest
 
 @pytest.fixture
 def fake_twilio_rest():
-    """A running local fake of Twilio's REST API (Call resource updates)."""
+    """A running local fake of Twilio's REST API (Call resource: create and update)."""
     with FakeTwilioRest() as fake:
         yield fake

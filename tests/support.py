@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import secrets
 import threading
 import time
+import wave
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import numpy as np
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from offline.server_process import free_port, server_process
 
@@ -28,27 +32,69 @@ def running_server(tmp: Path, **env_overrides: str):
         tmp: Folder for the database and the log.
         **env_overrides: Environment variables for the server.
     """
+    # Settings a developer's environment or .env might hold are pinned to their defaults.
+    env = {"API_KEY": "", "ALLOW_UNSIGNED_WEBHOOKS": "", "TWILIO_FROM_NUMBER": "",
+           "TWILIO_AUTH_TOKEN": TOKEN, **env_overrides}
     try:
-        with server_process(tmp, TWILIO_AUTH_TOKEN=TOKEN, **env_overrides) as running:
+        with server_process(tmp, **env) as running:
             yield running
     except RuntimeError as e:
         pytest.fail(str(e))
 
 
 class FakeTwilioRest:
-    """A local stand-in for api.twilio.com's Call resource, recording every request."""
+    """A local stand-in for api.twilio.com's Call resource, recording every request.
+
+    - ``POST /2010-04-01/Accounts/{sid}/Calls.json`` creates a call (status ``queued``)
+      and answers its JSON with a fresh ``CA...`` SID;
+    - ``POST /2010-04-01/Accounts/{sid}/Calls/{call_sid}.json`` updates one (``Status``,
+      ``Twiml``).
+
+    Each request is appended to :attr:`requests` as ``{kind: "create"|"update",
+    account_sid, call_sid, form, form_items, authorization}`` (``form`` keeps the first
+    value of a repeated field, ``form_items`` every value). ``fail_with`` makes the
+    next creations fail with that ``(HTTP status, Twilio error code, message)``.
+    Source: https://www.twilio.com/docs/voice/api/call-resource
+    """
 
     def __init__(self):
         self.requests: list[dict] = []
+        self.fail_with: tuple[int, int, str] | None = None
         app = FastAPI()
+
+        async def record(kind: str, account_sid: str, call_sid: str, request: Request) -> dict:
+            form = await request.form()
+            entry = {"kind": kind, "account_sid": account_sid, "call_sid": call_sid,
+                     "form": {k: v for k, v in reversed(form.multi_items())},
+                     "form_items": list(form.multi_items()),
+                     "authorization": request.headers.get("authorization")}
+            self.requests.append(entry)
+            return entry
+
+        @app.post("/2010-04-01/Accounts/{account_sid}/Calls.json")
+        async def create_call(account_sid: str, request: Request):
+            if self.fail_with:
+                status, code, message = self.fail_with
+                await record("create", account_sid, "", request)
+                return JSONResponse(
+                    {"code": code, "message": message, "status": status,
+                     "more_info": f"https://www.twilio.com/docs/errors/{code}"},
+                    status_code=status,
+                )
+            call_sid = "CA" + secrets.token_hex(16)
+            entry = await record("create", account_sid, call_sid, request)
+            form = entry["form"]
+            return JSONResponse(
+                {"sid": call_sid, "account_sid": account_sid, "to": form.get("To"),
+                 "from": form.get("From"), "status": "queued", "direction": "outbound-api",
+                 "api_version": "2010-04-01",
+                 "uri": f"/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json"},
+                status_code=201,
+            )
 
         @app.post("/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json")
         async def update_call(account_sid: str, call_sid: str, request: Request):
-            form = dict(await request.form())
-            self.requests.append(
-                {"account_sid": account_sid, "call_sid": call_sid, "form": form,
-                 "authorization": request.headers.get("authorization")}
-            )
+            form = (await record("update", account_sid, call_sid, request))["form"]
             return {"sid": call_sid, "account_sid": account_sid, "status": form.get("Status")}
 
         self.port = free_port()
@@ -57,6 +103,10 @@ class FakeTwilioRest:
             uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         )
         self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def of_kind(self, kind: str) -> list[dict]:
+        """The requests of one kind (``create`` or ``update``), oldest first."""
+        return [r for r in self.requests if r["kind"] == kind]
 
     def __enter__(self) -> "FakeTwilioRest":
         self._thread.start()
@@ -67,6 +117,31 @@ class FakeTwilioRest:
     def __exit__(self, *exc) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=5)
+
+
+def server_pid(log: Path, timeout_s: float = 5.0) -> int:
+    """The server process's id, from its start-up line in the log ("... (pid 1234, ...")."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        match = re.search(r"\(pid (\d+),", log.read_text())
+        if match:
+            return int(match.group(1))
+        time.sleep(0.1)
+    raise AssertionError(f"no pid in the server log:\n{log.read_text()[-2000:]}")
+
+
+def trimmed_wav(folder: Path, seconds: float, source: str = "jfk_8k.wav") -> str:
+    """The first ``seconds`` of a shared speech sample, written to ``folder`` as a WAV."""
+    from offline.caller import load_wav_8k  # noqa: PLC0415 (numpy-heavy, only when used)
+
+    pcm = load_wav_8k(AUDIO / source)[: int(seconds * 8000)]
+    path = folder / f"{Path(source).stem}_first_{seconds:g}s.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(pcm.tobytes())
+    return str(path)
 
 
 def speech_fraction(pcm: bytes, threshold_dbfs: float = -45.0) -> float:
