@@ -5,6 +5,8 @@ through TwiML ``<Parameter>``s (they arrive in Twilio's ``start`` message as
 ``customParameters``): ``agent_model``, ``agent_voice``, ``agent_language``,
 ``agent_instructions``, ``agent_temperature``. An outbound call sets them from its
 request. Invalid overrides are logged and ignored; the call goes on with the defaults.
+An outbound call's ``task_prompt`` (built by ``outbound.py`` from the request's task
+and preset) replaces the instructions.
 
 Defaults suited to phone calls: temperature 0.8, short spoken answers (the
 instructions say so), English; Japanese (``ja``) is supported by both providers, and
@@ -71,7 +73,7 @@ def agent_config(settings: Settings, agent: AgentSettings | None, parameters: di
         model=agent.AGENT_MODEL or default_model,
         voice=agent.AGENT_VOICE,
         language=agent.AGENT_LANGUAGE if agent.AGENT_LANGUAGE in LANGUAGES else "en",
-        instructions=settings.AGENT_INSTRUCTIONS,
+        instructions=parameters.get("task_prompt") or settings.AGENT_INSTRUCTIONS,
         temperature=agent.AGENT_TEMPERATURE,
         turn_detection=agent.TURN_DETECTION,
     )

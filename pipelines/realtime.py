@@ -38,6 +38,7 @@ from pipelines.call_settings import agent_config
 from pipelines.services import speech_to_speech
 from pipelines.tools import attach_tools
 from processors.barge_in import PlayoutTracker
+from processors.context_truth import HeardContext
 from processors.dtmf import DTMFToAgent
 from processors.echo import EchoCanceller
 from processors.resampler import AudioResamplerProcessor
@@ -59,7 +60,8 @@ def build(call: CallContext) -> list[FrameProcessor]:
     playout = PlayoutTracker(call.stream_sid)
     s2s = speech_to_speech(call.settings, playout, agent, local_agent_url=call.local_agent_url)
     tools = call.resources.tools if call.resources else None
-    context = LLMContext(messages=[{"role": "user", "content": call.settings.AGENT_GREETING_PROMPT}])
+    opening = call.parameters.get("greeting_prompt") or call.settings.AGENT_GREETING_PROMPT
+    context = LLMContext(messages=[{"role": "user", "content": opening}])
     if tools:
         context.set_tools(tools.tools_schema())
     attach_tools(call, s2s.service)
@@ -67,6 +69,7 @@ def build(call: CallContext) -> list[FrameProcessor]:
         context, user_params=_turn_taking(call, agent.turn_detection)
     )
     transcript = TranscriptLogger(call.store, call.call_sid, playout)
+    HeardContext(context, playout)  # the context we keep holds only what was heard
     if call.control:
         call.control.watch(playout)
 

@@ -55,3 +55,8 @@ def test_gemini_live_gets_voice_language_temperature_and_takes_8khz_as_is():
     assert s2s.service._settings.temperature == 0.8
     assert s2s.service._settings.vad.disabled is True  # local Silero decides the turns
     assert (s2s.input_sample_rate, s2s.output_sample_rate) == (8000, 24000)
+
+
+def test_an_outbound_calls_task_becomes_the_instructions():
+    config = agent_config(_settings(), AgentSettings(_env_file=None), {"task_prompt": "Remind them of the 3 pm visit."})
+    assert config.instructions == "Remind them of the 3 pm visit."
