@@ -11,9 +11,10 @@ PY := $(VENV)/bin/python
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 WAV ?= ../shared/audio/jfk_8k.wav
+NAME ?= realtime
 SERVER ?=
 
-.PHONY: setup run test call bench clean espeak-ng
+.PHONY: setup run test call bench graph clean espeak-ng
 
 setup: $(VENV)/.synced espeak-ng
 
@@ -49,6 +50,14 @@ call: setup
 ## Benchmarks over loopback against the real server; prints the figures.
 bench: setup
 	$(PY) -m bench
+
+## Render a pipeline graph from the code that builds it: make graph [NAME=realtime]
+graph: setup
+	$(PY) -m pipelines.render $(NAME) --out docs/graphs/$(NAME).mmd
+	@command -v dot >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; \
+	  else echo "graphviz is missing: sudo apt-get install graphviz" >&2; exit 1; fi; }
+	$(PY) -m pipelines.render $(NAME) --format svg --out docs/graphs/$(NAME).svg
 
 clean:
 	rm -rf $(TOOLS) $(VENV) .pytest_cache
