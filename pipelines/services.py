@@ -15,6 +15,10 @@ Turn detection (``TURN_DETECTION``): by default the provider's own VAD is switch
 off for both and Silero VAD on the user aggregator decides the caller's turns, so
 barge-in is ours to control; ``server`` hands turns to the provider's VAD instead.
 
+Long calls: Gemini Live sessions are time-limited and resumed with their handle
+(Pipecat), with context window compression on so a long conversation does not end
+the session; OpenAI Realtime sessions are reconnected by the call if they drop.
+
 Per-call settings (:mod:`pipelines.call_settings`): model, voice, language and
 instructions for both; temperature for Gemini only (OpenAI Realtime's GA session has
 no temperature).
@@ -113,7 +117,10 @@ def _openai_realtime(
 
 def _gemini(settings: Settings, agent: AgentConfig) -> SpeechToSpeech:
     from google.genai.types import HttpOptions
-    from pipecat.services.google.gemini_live.llm import GeminiVADParams
+    from pipecat.services.google.gemini_live.llm import (
+        ContextWindowCompressionParams,
+        GeminiVADParams,
+    )
 
     from processors.gemini_resume import ResumingGeminiLiveLLMService
 
@@ -127,6 +134,9 @@ def _gemini(settings: Settings, agent: AgentConfig) -> SpeechToSpeech:
             language=LANGUAGES[agent.language][0],
             temperature=agent.temperature,
             vad=GeminiVADParams(disabled=agent.turn_detection != "server"),
+            # A long call outgrows the context window: Gemini compresses it (sliding
+            # window at 80% of the window) instead of ending the session.
+            context_window_compression=ContextWindowCompressionParams(enabled=True),
         ),
     )
     return SpeechToSpeech(service, input_sample_rate=8000, output_sample_rate=24000)

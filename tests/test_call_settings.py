@@ -54,6 +54,7 @@ def test_gemini_live_gets_voice_language_temperature_and_takes_8khz_as_is():
     assert str(s2s.service._settings.language) == "ja-JP"
     assert s2s.service._settings.temperature == 0.8
     assert s2s.service._settings.vad.disabled is True  # local Silero decides the turns
+    assert s2s.service._settings.context_window_compression.enabled is True  # long calls
     assert (s2s.input_sample_rate, s2s.output_sample_rate) == (8000, 24000)
 
 
