@@ -119,7 +119,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -131,6 +131,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from offline.realtime_server import GREETING, SCRIPT, ServerVad, scripted_reply, speech_seconds
+from offline.common import ReceivedLog, wait_unless_cancelled
 from offline.tts import synthesize_async
 
 OUTPUT_SAMPLE_RATE = 24000
@@ -149,7 +150,6 @@ CHARS_PER_TEXT_TOKEN = 4
 TOOL_NAME = "get_caller_context"
 """The function that, when declared, is called on the caller's second turn."""
 TOOL_TURN = 2
-MAX_RECEIVED = 10_000
 """How many client messages :attr:`OfflineGeminiLiveServer.received` keeps."""
 MAX_TURN_AUDIO_BYTES = 10 * 60 * DETECTOR_SAMPLE_RATE * 2
 """Caller audio kept per turn, in bytes (10 minutes at 24000 Hz)."""
@@ -354,14 +354,7 @@ class _Reply:
 
     async def pause(self, seconds: float) -> bool:
         """Wait, yielding to the event loop; return True if cancelled meanwhile."""
-        if seconds <= 0:
-            await asyncio.sleep(0)
-        else:
-            try:
-                await asyncio.wait_for(self.cancelled.wait(), seconds)
-            except TimeoutError:
-                pass
-        return self.cancelled.is_set()
+        return await wait_unless_cancelled(self.cancelled, seconds)
 
 
 class _Session:
@@ -829,12 +822,12 @@ class OfflineGeminiLiveServer:
         self.cert_dir = cert_dir
         self.voice = voice
         self.received: list[dict] = []
+        self._log = ReceivedLog(self.received)
         self.handshakes: list[dict] = []
         self._handles: dict[str, _Conversation] = {}
         self._sessions: set[_Session] = set()
         self._lines: dict[str, bytes] = {}
         self._server: Server | None = None
-        self._log_file: TextIO | None = None
         self._tmpdir: tempfile.TemporaryDirectory | None = None
         self.ca_file: str | None = None
         """PEM certificate a client must trust (also usable as ``SSL_CERT_FILE``)."""
@@ -891,8 +884,7 @@ class OfflineGeminiLiveServer:
         self.ca_file = str(cert_path)
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(str(cert_path), str(key_path))
-        if self.event_log:
-            self._log_file = open(self.event_log, "a", encoding="utf-8")
+        self._log.open(self.event_log)
         self._server = await serve(
             self._handle,
             self.host,
@@ -911,9 +903,7 @@ class OfflineGeminiLiveServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        self._log.close()
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
@@ -1001,12 +991,7 @@ class OfflineGeminiLiveServer:
                 if isinstance(realtime.get(name), list):
                     realtime[name] = [_blob_summary(b) for b in realtime[name]]
             message = {**message, key: realtime}
-        self.received.append(message)
-        if len(self.received) > MAX_RECEIVED:
-            del self.received[: len(self.received) - MAX_RECEIVED]
-        if self._log_file is not None:
-            self._log_file.write(json.dumps(message) + "\n")
-            self._log_file.flush()
+        self._log.append(message)
 
 
 def _blob_summary(blob: Any) -> Any:

@@ -51,7 +51,7 @@ import re
 import signal
 import uuid
 from collections import OrderedDict, deque
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -62,6 +62,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from offline.booking_script import BOOKING_TOOLS, BookingScript, SayLine, ToolCall
+from offline.common import ReceivedLog, wait_unless_cancelled
 from offline.tts import synthesize_async
 
 SAMPLE_RATE = 24000
@@ -73,7 +74,6 @@ PCM_FORMAT = {"type": "audio/pcm", "rate": SAMPLE_RATE}
 
 AUDIO_DELTA_MS = 60
 """Length of the audio in one ``response.output_audio.delta``, in ms."""
-MAX_RECEIVED = 10_000
 """How many client events :attr:`OfflineRealtimeServer.received` keeps."""
 MAX_INPUT_BUFFER_BYTES = 15 * 1024 * 1024
 """Input audio buffer cap in bytes; older audio is dropped beyond it."""
@@ -257,14 +257,7 @@ class _Reply:
 
     async def pause(self, seconds: float) -> bool:
         """Wait, yielding to the event loop; return True if cancelled meanwhile."""
-        if seconds <= 0:
-            await asyncio.sleep(0)
-        else:
-            try:
-                await asyncio.wait_for(self.cancelled.wait(), seconds)
-            except TimeoutError:
-                pass
-        return self.cancelled.is_set()
+        return await wait_unless_cancelled(self.cancelled, seconds)
 
 
 class _Call:
@@ -780,9 +773,9 @@ class OfflineRealtimeServer:
         self.pace = pace
         self.voice = voice
         self.received: list[dict] = []
+        self._log = ReceivedLog(self.received)
         self._lines: dict[str, bytes] = {}
         self._server: Server | None = None
-        self._log_file: TextIO | None = None
 
     @property
     def url(self) -> str:
@@ -800,8 +793,7 @@ class OfflineRealtimeServer:
         renders = (synthesize_async(line, SAMPLE_RATE, self.voice) for line in ALL_LINES)
         rendered = await asyncio.gather(*renders)
         self._lines = dict(zip(ALL_LINES, rendered))
-        if self.event_log:
-            self._log_file = open(self.event_log, "a", encoding="utf-8")
+        self._log.open(self.event_log)
         self._server = await serve(
             self._handle,
             self.host,
@@ -819,9 +811,7 @@ class OfflineRealtimeServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        self._log.close()
 
     def drop_connections(self) -> int:
         """Fault injection: cut every call's socket without a close handshake.
@@ -868,12 +858,7 @@ class OfflineRealtimeServer:
             except (binascii.Error, TypeError, ValueError):
                 size = -1
             event = {"type": "input_audio_buffer.append", "bytes": size}
-        self.received.append(event)
-        if len(self.received) > MAX_RECEIVED:
-            del self.received[: len(self.received) - MAX_RECEIVED]
-        if self._log_file is not None:
-            self._log_file.write(json.dumps(event) + "\n")
-            self._log_file.flush()
+        self._log.append(event)
 
 
 async def _serve_forever(args: argparse.Namespace) -> None:
