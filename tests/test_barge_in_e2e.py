@@ -62,7 +62,6 @@ async def test_talking_over_the_agent_stops_it_and_everyone_knows_what_was_heard
     assert first.get("barged_in")
     clear = next(c for c in result.clear_events if c["utterance"] == 0 and c["state"] == "speaking")
     assert clear["at"] > first["onset_at"]
-    assert clear["dropped_ms"] >= 0  # what Twilio still held of the greeting is dropped
     # No audio of an interrupted reply arrived after its clear; marks were echoed.
     assert result.stale_media_after_clear == 0
     assert any(name.startswith("r1:") for name in result.marks_echoed)
