@@ -14,9 +14,19 @@ WAV ?= ../shared/audio/jfk_8k.wav
 NAME ?= realtime
 SERVER ?=
 
-.PHONY: setup run test call bench graph clean espeak-ng
+.PHONY: setup run test call bench graph clean espeak-ng test-deps
 
 setup: $(VENV)/.synced espeak-ng
+
+# Debian packages the tests use: PostgreSQL's server binaries (tests/postgres.py).
+test-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing postgresql from Debian"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else \
+	    echo "PostgreSQL is missing: install it with 'sudo apt-get install postgresql'" >&2; exit 1; \
+	  fi; }
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -40,7 +50,7 @@ run: setup
 	$(PY) server.py
 
 ## Run every test, offline.
-test: setup
+test: setup test-deps
 	$(PY) -m pytest
 
 ## Call a running server like Twilio would: make call WAV=../shared/audio/jfk_8k.wav [SERVER=http://127.0.0.1:8000]

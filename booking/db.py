@@ -3,8 +3,8 @@
 The URL comes from the caller, else ``DATABASE_URL``, else ``sqlite+aiosqlite:///booking.db``.
 Plain driver-less URLs are given their async driver: ``sqlite:///x.db`` becomes
 ``sqlite+aiosqlite:///x.db`` and ``postgresql://`` / ``postgres://`` become
-``postgresql+asyncpg://`` (install ``asyncpg`` to use PostgreSQL; it is not a
-dependency of this project).
+``postgresql+asyncpg://`` (asyncpg is pinned in ``pyproject.toml``; the booking
+tests run against SQLite and a real PostgreSQL server).
 
 Migrations are Alembic's, in ``booking/migrations``. :func:`migrate` runs
 ``alembic upgrade head`` programmatically; from a shell the same is

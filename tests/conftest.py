@@ -2,6 +2,7 @@
 
 import pytest
 
+from tests.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from tests.support import FakeTwilioRest
 
 

@@ -29,9 +29,13 @@ def day(offset: int) -> str:
     return (TODAY + timedelta(days=offset)).isoformat()
 
 
-@pytest.fixture
-def db_url(tmp_path) -> str:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'booking.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """A migrated booking database: every test here runs on SQLite and on a real PostgreSQL."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'booking.db'}"
     migrate(url)
     return url
 
