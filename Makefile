@@ -18,8 +18,18 @@ SERVER ?=
 
 setup: $(VENV)/.synced espeak-ng
 
-# Debian packages the tests use: PostgreSQL's server binaries (tests/postgres.py).
+# Debian packages the tests use: PostgreSQL's server binaries (tests/postgres.py),
+# redis-server (tests/test_events.py) and chromium (tests/test_dashboard_browser.py).
 test-deps:
+	@for pkg in redis-server:redis-server chromium:chromium; do \
+	  command -v $${pkg%%:*} >/dev/null || { \
+	    if [ "$$(id -u)" = 0 ]; then \
+	      echo "installing $${pkg#*:} from Debian"; \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $${pkg#*:} >/dev/null; \
+	    else \
+	      echo "$${pkg#*:} is missing: install it with 'sudo apt-get install $${pkg#*:}'" >&2; exit 1; \
+	    fi; }; \
+	done
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing postgresql from Debian"; \

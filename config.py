@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     USER_TURN_TIMEOUT_SECS: float = Field(default=0.6, gt=0, le=5.0)
 
     CALLS_DB_PATH: str = "calls.db"
+    REDIS_URL: str | None = None  # live events across server processes (events.py)
     LOG_LEVEL: str = "INFO"
 
     @field_validator("ALLOW_UNSIGNED_WEBHOOKS", "AGENT_PROVIDER", mode="before")

@@ -12,8 +12,10 @@ from loguru import logger
 
 from agent_settings import AgentSettings
 from config import Settings
+from events import EventBus
 from processors.twilio_serializer import TWILIO_SAMPLE_RATE
 from records import CallStore
+from records.db import records_url
 from tools.registry import ToolRegistry
 
 __all__ = ["APOLOGY_TEXT", "Resources"]
@@ -28,13 +30,14 @@ class Resources:
 
     Parameters:
         settings: The server's settings.
-        store: The call-record store.
+        store: The call-record store (its listeners publish to ``events``).
         agent: The tools' and call control's settings.
         booking: The booking store (:class:`booking.store.BookingStore`), or None.
         tools: The tool registry every call's agent may use.
         local_agent_url: The offline agent's URL (provider ``local``), or None.
         apology_pcm: ``APOLOGY_TEXT`` as 16-bit PCM at 8000 Hz, or None without espeak-ng.
         ack_pcm: ``agent.TOOL_ACK_TEXT`` as 16-bit PCM at 8000 Hz, or None.
+        events: The live event bus (in-process, or through Redis with ``REDIS_URL``).
     """
 
     settings: Settings
@@ -45,6 +48,7 @@ class Resources:
     local_agent_url: str | None = None
     apology_pcm: bytes | None = None
     ack_pcm: bytes | None = None
+    events: EventBus | None = None
     _local_agent: object | None = None
 
     @classmethod
@@ -57,7 +61,15 @@ class Resources:
         Returns:
             The running resources.
         """
-        resources = cls(settings=settings, store=CallStore(settings.CALLS_DB_PATH))
+        agent = AgentSettings()
+        # PostgreSQL DATABASE_URL: records beside the bookings; else SQLite CALLS_DB_PATH.
+        store = await CallStore.open(
+            records_url(None, database_url_env=agent.DATABASE_URL)
+            if agent.DATABASE_URL.startswith("postgres") else settings.CALLS_DB_PATH
+        )
+        resources = cls(settings=settings, store=store, agent=agent, events=EventBus(settings.REDIS_URL))
+        await resources.events.start()
+        store.listeners.append(resources.events.publish)
         resources.local_agent_url = settings.LOCAL_AGENT_BASE_URL
         if settings.provider == "local" and not settings.LOCAL_AGENT_BASE_URL:
             from offline.realtime_server import OfflineRealtimeServer
@@ -70,19 +82,20 @@ class Resources:
             resources._local_agent = agent
             resources.local_agent_url = agent.url
             logger.info(f"offline agent listening at {agent.url}")
-        resources.agent = AgentSettings()
         resources.booking, resources.tools = await _start_tools(resources.agent)
         resources.apology_pcm = await _render(APOLOGY_TEXT)
         resources.ack_pcm = await _render(resources.agent.TOOL_ACK_TEXT)
         return resources
 
     async def stop(self) -> None:
-        """Stop the offline agent and close the stores."""
+        """Stop the offline agent, close the stores and the event bus."""
         if self._local_agent is not None:
             await self._local_agent.stop()
         if self.booking is not None:
             await self.booking.close()
-        self.store.close()
+        await self.store.close()
+        if self.events is not None:
+            await self.events.stop()
 
 
 async def _start_tools(agent: AgentSettings) -> tuple[object, ToolRegistry]:

@@ -20,7 +20,9 @@ Our own doors (``Authorization: Bearer <API_KEY>``, or loopback only without a k
 
 - ``POST /twilio/outbound-call``: place an outbound call (README "Outbound calls").
 - ``GET /api/calls/{call_sid}``: the call record with its turns and its progress.
-- ``GET /api/calls?status=refused``: recent calls, e.g. those refused.
+- ``GET /api/calls?status=refused``: recent calls, e.g. those refused (``?active=true``,
+  ``?q=`` search).
+- The dashboard at ``/``, ``WS /events``, ``GET /metrics``, call exports: ``dashboard.py``.
 
 And ``GET /health``: ``{status: ok|draining, provider, active_calls}`` (503 while draining).
 
@@ -56,9 +58,10 @@ from fastapi.responses import JSONResponse, Response
 from loguru import logger
 
 from bot import StreamStart, run_bot
-from call_status import TERMINAL_STATUSES, CallStatusStore
+import dashboard
 from config import ConfigError, Settings, is_loopback, load_settings
 from outbound import AMD_FAX, AMD_MACHINE, AnsweringMachineGate, OutboundCallRequest, plan_call
+from records import TERMINAL_STATUSES
 from resources import Resources
 from security import (
     STREAM_TOKEN_PARAMETER,
@@ -115,7 +118,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.resources = await Resources.start(settings)
-        app.state.statuses = CallStatusStore(settings.CALLS_DB_PATH)
+        app.state.statuses = app.state.resources.store  # status changes live in the call records
+        dashboard.start(app)
         logger.info(
             f"serving calls with provider '{settings.provider}' at {settings.public_base_url} "
             f"(pid {os.getpid()}, at most {settings.MAX_CONCURRENT_CALLS} calls)"
@@ -126,7 +130,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await _end_calls(app)
             await app.state.resources.stop()
-            app.state.statuses.close()
 
     app = FastAPI(title="Phone voice agent", lifespan=lifespan)
     app.state.settings = settings
@@ -137,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.draining = False
     tokens: StreamTokens = app.state.tokens
     amd: AnsweringMachineGate = app.state.amd
+    dashboard.install(app)  # /, /events, /metrics, exports (dashboard.py)
 
     def refusal() -> str | None:
         """Why a new call cannot be taken now (``draining``, ``capacity``), or None."""
@@ -316,38 +320,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/api/calls/{call_sid}", dependencies=[Depends(require_api_key)])
     async def get_call(call_sid: str) -> JSONResponse:
-        """The call: record (metadata, end reason, turns) and progress (status history, AMD)."""
-        record = app.state.resources.store.get_call(call_sid)
-        progress = app.state.statuses.get(call_sid)
-        if record is None and progress is None:
+        """The call: record (metadata, end reason, turns, tool calls) and progress (status history, AMD)."""
+        record = await app.state.resources.store.get_call(call_sid)
+        if record is None:
             raise HTTPException(404, f"no call {call_sid}")
-        return JSONResponse(_merge(call_sid, record, progress))
+        return JSONResponse(record)
 
     @app.get("/api/calls", dependencies=[Depends(require_api_key)])
     async def list_calls(
         status: str | None = Query(default=None, max_length=32),
         limit: int = Query(default=50, ge=1, le=500),
+        active: bool | None = Query(default=None),
+        q: str | None = Query(default=None, max_length=100),
     ) -> JSONResponse:
-        """Recent calls' progress, newest first; ``?status=refused`` for the refusals."""
-        return JSONResponse({"calls": app.state.statuses.list(status=status, limit=limit)})
+        """Recent calls, newest first; ``?status=refused`` for the refusals, ``?active=true``
+        for calls in progress, ``?q=`` to search SIDs, numbers, end reasons and turn text."""
+        calls = await app.state.resources.store.list(status=status, active=active, q=q, limit=limit)
+        return JSONResponse({"calls": calls})
 
     return app
-
-
-def _merge(call_sid: str, record: dict | None, progress: dict | None) -> dict:
-    """One JSON for a call: the record's fields, then the progress fields."""
-    merged = record or {
-        "call_sid": call_sid, "stream_sid": None, "from": None, "to": None, "provider": None,
-        "started_at": None, "ended_at": None, "end_reason": None, "turns": [],
-    }
-    progress = progress or {}
-    for key in ("from", "to"):
-        if merged.get(key) is None:
-            merged[key] = progress.get(key)
-    for key in ("status", "status_history", "duration_s", "direction", "answered_by",
-                "amd_duration_ms", "voicemail", "refused_reason", "preset", "task"):
-        merged[key] = progress.get(key, [] if key == "status_history" else None)
-    return merged
 
 
 def _int(value: str | None) -> int | None:

@@ -8,7 +8,11 @@
 - Agent turns: :meth:`TranscriptLogger.record_reply` is the handler of the playout
   tracker's ``on_reply_finished`` event, so an agent turn is recorded as the caller
   heard it: when it finished playing at Twilio or was cut off, with the audio played
-  (from mark echoes), the text heard and the text generated.
+  (from mark echoes), the text heard and the text generated, and its latency: from the
+  caller's turn ending (``UserStoppedSpeakingFrame``, our VAD) to the reply's first
+  audio frame sent to Twilio (``Reply.started_at``), both our own timestamps. A reply
+  that started before any caller turn ended since the last reply (the greeting, or a
+  reply to something earlier) has no latency.
 
 A turn is committed to the store as soon as it completes, so a crash loses at most
 the turn in progress. At the end of the call, caller turns still open are written too.
@@ -32,7 +36,7 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from processors.barge_in import PlayoutTracker, Reply
-from records import CallStore, utc_now
+from records import CallStore, parse_time, utc_now
 
 __all__ = ["TranscriptLogger"]
 
@@ -57,6 +61,7 @@ class TranscriptLogger:
         self._call_sid = call_sid
         self._user_turn: _Turn | None = None
         self._awaiting_transcript: deque[_Turn] = deque()
+        self._caller_stopped_at: str | None = None  # the newest caller turn end not yet answered
         self._user = _UserTurnTap(self, name="TranscriptLogger.user")
         playout.add_event_handler("on_reply_finished", self.record_reply)
 
@@ -82,6 +87,11 @@ class TranscriptLogger:
             reply: The finished reply.
         """
         text = reply.heard_text
+        latency_ms = None
+        stopped = self._caller_stopped_at
+        if stopped and reply.started_at and stopped <= reply.started_at:
+            latency_ms = round((parse_time(reply.started_at) - parse_time(stopped)).total_seconds() * 1000)
+            self._caller_stopped_at = None
         await self._store.add_turn(
             self._call_sid,
             role="assistant",
@@ -91,6 +101,7 @@ class TranscriptLogger:
             interrupted=reply.interrupted,
             audio_played_ms=reply.played_ms,
             generated_text=reply.generated_text,
+            latency_ms=latency_ms,
         )
         cut = f" (interrupted at {reply.played_ms} of {reply.generated_ms} ms)" if reply.interrupted else ""
         logger.info(f"[{self._call_sid}] assistant{cut}: {text}")
@@ -101,7 +112,7 @@ class TranscriptLogger:
         if isinstance(frame, UserStartedSpeakingFrame):
             self._user_turn = _Turn(started_at=utc_now())
         elif isinstance(frame, UserStoppedSpeakingFrame) and self._user_turn:
-            self._user_turn.ended_at = utc_now()
+            self._user_turn.ended_at = self._caller_stopped_at = utc_now()
             self._awaiting_transcript.append(self._user_turn)
             self._user_turn = None
         elif isinstance(frame, TranscriptionFrame) and frame.text.strip():

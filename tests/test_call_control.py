@@ -15,7 +15,7 @@ CALL_SID = "CA" + "5" * 32
 
 def _resources(tmp_path, **overrides) -> Resources:
     settings = load_settings(_env_file=None, CALLS_DB_PATH=str(tmp_path / "c.db"), **overrides)
-    return Resources(settings=settings, store=CallStore(settings.CALLS_DB_PATH))
+    return Resources(settings=settings, store=CallStore(settings.CALLS_DB_PATH))  # never written
 
 
 @pytest.mark.asyncio

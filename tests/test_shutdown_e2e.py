@@ -71,8 +71,8 @@ async def test_sigterm_lets_the_call_in_flight_finish_and_takes_no_new_calls(tmp
         # ... and then the process exited, without waiting out the grace period.
         assert await _server_is_gone(url, timeout_s=15) < 15
     store = CallStore(str(tmp_path / "calls.db"))
-    record = store.get_call(result.call_sid)
-    store.close()
+    record = await store.get_call(result.call_sid)
+    await store.close()
     assert record["end_reason"] != "server_shutdown"
     assert "SIGTERM received" in log.read_text() and "drained" in log.read_text()
     assert "Traceback" not in log.read_text()
@@ -98,7 +98,7 @@ async def test_sigterm_ends_a_call_still_going_when_the_grace_period_is_over(tmp
         assert grace_s - 0.5 <= ended_after <= grace_s + 5.0
         await _server_is_gone(url, timeout_s=10)
     store = CallStore(str(tmp_path / "calls.db"))
-    record = store.get_call(result.call_sid)
-    store.close()
+    record = await store.get_call(result.call_sid)
+    await store.close()
     assert record["end_reason"] == "server_shutdown"
     assert "grace period over: ending 1 call(s)" in log.read_text()
