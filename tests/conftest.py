@@ -3,6 +3,7 @@
 import pytest
 
 from tests.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
+from tests.redis_server import redis_url  # noqa: F401  (fixture)
 from tests.support import FakeTwilioRest
 
 
