@@ -8,11 +8,17 @@
 - Agent turns: :meth:`TranscriptLogger.record_reply` is the handler of the playout
   tracker's ``on_reply_finished`` event, so an agent turn is recorded as the caller
   heard it: when it finished playing at Twilio or was cut off, with the audio played
-  (from mark echoes), the text heard and the text generated, and its latency: from the
-  caller's turn ending (``UserStoppedSpeakingFrame``, our VAD) to the reply's first
-  audio frame sent to Twilio (``Reply.started_at``), both our own timestamps. A reply
-  that started before any caller turn ended since the last reply (the greeting, or a
-  reply to something earlier) has no latency.
+  (from mark echoes), the text heard and the text generated, and its latency.
+
+Reply latency, from our own clocks: from the moment the caller stopped speaking to the
+reply's first audio frame sent to Twilio (``Reply.started_at``). The caller stopped at
+the last ``VADUserStoppedSpeakingFrame`` of their turn, back-dated by its ``stop_secs``
+(the silence Silero needed to be sure; the frame's ``timestamp`` is when it was sure);
+without local VAD frames (``TURN_DETECTION=server``), at the turn's
+``UserStoppedSpeakingFrame``. So the latency includes the VAD's and the turn
+detector's waits and the model's time, as the caller lives them (less the network
+legs to and from the phone). A reply that started before any caller turn ended since
+the last reply (the greeting, or a reply to something earlier) has no latency.
 
 A turn is committed to the store as soon as it completes, so a crash loses at most
 the turn in progress. At the end of the call, caller turns still open are written too.
@@ -21,6 +27,7 @@ the turn in progress. At the end of the call, caller turns still open are writte
 from __future__ import annotations
 
 from collections import deque
+from datetime import datetime, timezone
 from dataclasses import dataclass
 
 from loguru import logger
@@ -32,6 +39,8 @@ from pipecat.frames.frames import (
     TranscriptionFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
@@ -62,6 +71,7 @@ class TranscriptLogger:
         self._user_turn: _Turn | None = None
         self._awaiting_transcript: deque[_Turn] = deque()
         self._caller_stopped_at: str | None = None  # the newest caller turn end not yet answered
+        self._vad_stopped_at: str | None = None  # when the caller's speech last stopped, if since resumed: None
         self._user = _UserTurnTap(self, name="TranscriptLogger.user")
         playout.add_event_handler("on_reply_finished", self.record_reply)
 
@@ -109,10 +119,16 @@ class TranscriptLogger:
     # caller side
 
     async def _on_user_frame(self, frame: Frame) -> None:
-        if isinstance(frame, UserStartedSpeakingFrame):
+        if isinstance(frame, VADUserStartedSpeakingFrame):
+            self._vad_stopped_at = None
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            stopped = datetime.fromtimestamp(frame.timestamp - frame.stop_secs, timezone.utc)
+            self._vad_stopped_at = stopped.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        elif isinstance(frame, UserStartedSpeakingFrame):
             self._user_turn = _Turn(started_at=utc_now())
         elif isinstance(frame, UserStoppedSpeakingFrame) and self._user_turn:
-            self._user_turn.ended_at = self._caller_stopped_at = utc_now()
+            self._user_turn.ended_at = utc_now()
+            self._caller_stopped_at = self._vad_stopped_at or self._user_turn.ended_at
             self._awaiting_transcript.append(self._user_turn)
             self._user_turn = None
         elif isinstance(frame, TranscriptionFrame) and frame.text.strip():
@@ -143,7 +159,9 @@ class _UserTurnTap(FrameProcessor):
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
         if isinstance(
-            frame, (UserStartedSpeakingFrame, UserStoppedSpeakingFrame, TranscriptionFrame)
+            frame,
+            (UserStartedSpeakingFrame, UserStoppedSpeakingFrame, TranscriptionFrame,
+             VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame),
         ):
             await self._owner._on_user_frame(frame)
         elif isinstance(frame, (EndFrame, CancelFrame)):
