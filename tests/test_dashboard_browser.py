@@ -12,13 +12,16 @@ test with a clear message rather than skipping it.
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 
+import httpx
 import pytest
 from playwright.async_api import async_playwright, expect
 
 from offline.caller import run_call
-from tests.support import AUDIO, TOKEN, running_server
+from outbound import PRESETS
+from tests.support import ACCOUNT_SID, AUDIO, TOKEN, running_server
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -79,3 +82,45 @@ async def test_a_call_appears_live_its_transcript_grows_then_it_moves_to_history
                 assert f"Call {sid}" in text.read_text() and "Caller:" in text.read_text()
             finally:
                 await browser.close()
+
+
+@pytest.mark.asyncio
+async def test_the_call_form_places_an_outbound_call_with_edited_instructions(tmp_path, fake_twilio_rest):
+    """With an API key set, a person enters it, picks a preset, edits its instructions, calls."""
+    executable = _chromium()
+    key = "browser-test-key-0123456789"
+    with running_server(tmp_path, TWILIO_ACCOUNT_SID=ACCOUNT_SID, TWILIO_API_BASE_URL=fake_twilio_rest.url,
+                        TWILIO_FROM_NUMBER="+15559870002", API_KEY=key) as (url, _log):
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=executable, headless=True)
+            try:
+                page = await browser.new_page()
+                await page.goto(url + "/")
+                await page.get_by_text("API key", exact=True).click()
+                await page.get_by_label("API key (kept in this tab only)").fill(key)
+                await page.get_by_role("button", name="Use key").click()  # reloads with the key
+                await expect(page.locator("#connection")).to_contain_text("Live", timeout=10_000)
+
+                await page.get_by_label("Number to call (E.164)").fill("+15551234567")
+                await page.get_by_label("Preset").select_option("survey")
+                instructions = page.get_by_label("Instructions for the agent")
+                await expect(instructions).to_have_value(re.compile("satisfaction survey"))
+                edited = (await instructions.input_value()) + " Ask about the breakfast too."
+                await instructions.fill(edited)
+                await page.get_by_label("Facts for the call").fill("name: Ana")
+                await page.get_by_role("button", name="Call", exact=True).click()
+                await expect(page.locator("#outbound-result")).to_contain_text("queued", timeout=10_000)
+                shown = await page.locator("#outbound-result").text_content()
+            finally:
+                await browser.close()
+        call_sid = re.search(r"Call (CA\w+)", shown).group(1)
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}) as client:
+            record = (await client.get(f"/api/calls/{call_sid}")).json()
+    (created,) = fake_twilio_rest.of_kind("create")
+    assert created["form"]["To"] == "+15551234567" and created["call_sid"] == call_sid
+    # Edited, the instructions replace the preset's; the preset's voicemail stays.
+    assert record["task"]["prompt"].endswith("Ask about the breakfast too.")
+    assert record["task"]["context"] == {"name": "Ana"}
+    assert record["task"]["voicemail"] == PRESETS["survey"].voicemail({})
+    assert record["preset"] is None
+    assert record["status"] == "queued" and record["direction"] == "outbound-api"

@@ -90,10 +90,13 @@ function turnItem(turn) {
   return li;
 }
 
+// A tool call: its name, arguments and time in the line; the result folded away.
 function toolItem(tool) {
-  const outcome = tool.error ? `error ${JSON.stringify(tool.error)}` : JSON.stringify(tool.result);
-  return el("li", { class: "tool",
-    text: `Tool ${tool.name}(${JSON.stringify(tool.arguments || {})}) → ${outcome} · ${tool.duration_ms} ms` });
+  const failed = tool.error != null;
+  const summary = el("summary", {
+    text: `Tool ${tool.name}(${JSON.stringify(tool.arguments || {})}) · ${tool.duration_ms} ms${failed ? " · failed" : ""}` });
+  const body = el("pre", { text: JSON.stringify(failed ? { error: tool.error } : tool.result, null, 2) });
+  return el("li", { class: failed ? "tool failed" : "tool" }, el("details", {}, summary, body));
 }
 
 function addTurn(call, turn) {
@@ -267,7 +270,7 @@ function historyRow(c) {
   const row = el("tr", { "data-call-sid": c.call_sid });
   const view = el("button", { type: "button", class: "link", text: c.call_sid });
   view.addEventListener("click", () => showDetail(c.call_sid));
-  const exports = el("td");
+  const exports = el("td", { class: "exports" });
   for (const [fmt, label] of [["json", "JSON"], ["txt", "Text"]]) {
     const b = el("button", { type: "button", text: label, "aria-label": `Export call ${c.call_sid} as ${label}` });
     b.addEventListener("click", () => download(c.call_sid, fmt).catch(showError));
