@@ -64,8 +64,7 @@ class Resources:
         agent = AgentSettings()
         # PostgreSQL DATABASE_URL: records beside the bookings; else SQLite CALLS_DB_PATH.
         store = await CallStore.open(
-            records_url(None, database_url_env=agent.DATABASE_URL)
-            if agent.DATABASE_URL.startswith("postgres") else settings.CALLS_DB_PATH
+            records_url(database_url_env=agent.DATABASE_URL, sqlite_path=settings.CALLS_DB_PATH)
         )
         resources = cls(settings=settings, store=store, agent=agent, events=EventBus(settings.REDIS_URL))
         await resources.events.start()

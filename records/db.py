@@ -40,7 +40,9 @@ VERSION_TABLE = "records_alembic_version"
 SQLITE_BUSY_TIMEOUT_S = 10.0
 
 
-def records_url(target: str | None = None, *, database_url_env: str | None = None) -> str:
+def records_url(
+    target: str | None = None, *, database_url_env: str | None = None, sqlite_path: str | None = None
+) -> str:
     """The async database URL of the call records.
 
     Args:
@@ -48,6 +50,7 @@ def records_url(target: str | None = None, *, database_url_env: str | None = Non
             ``:memory:``). None: PostgreSQL ``DATABASE_URL`` if set, else
             ``CALLS_DB_PATH``, else ``calls.db``.
         database_url_env: ``DATABASE_URL`` to consider instead of the environment's.
+        sqlite_path: ``CALLS_DB_PATH`` to use instead of the environment's.
 
     Returns:
         The URL with an async driver (``sqlite+aiosqlite``, ``postgresql+asyncpg``).
@@ -59,7 +62,7 @@ def records_url(target: str | None = None, *, database_url_env: str | None = Non
         shared = database_url_env if database_url_env is not None else os.environ.get("DATABASE_URL")
         if shared and database_url(shared).startswith("postgresql"):
             return database_url(shared)
-        target = os.environ.get("CALLS_DB_PATH") or "calls.db"
+        target = sqlite_path or os.environ.get("CALLS_DB_PATH") or "calls.db"
     if "://" in target:
         return database_url(target)
     if target != ":memory:":

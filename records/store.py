@@ -428,11 +428,14 @@ class CallStore:
         elif active is False:
             query = query.where(or_(Call.started_at.is_(None), Call.ended_at.is_not(None)))
         if q:
-            like = f"%{q.lower()}%"
-            in_turns = select(Turn.call_sid).where(func.lower(Turn.text).like(like))
+            like = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+            def has(column):
+                return func.lower(column).like(like, escape="\\")
+
+            in_turns = select(Turn.call_sid).where(has(Turn.text))
             query = query.where(or_(
-                func.lower(Call.call_sid).like(like), func.lower(Call.from_number).like(like),
-                func.lower(Call.to_number).like(like), func.lower(Call.end_reason).like(like),
+                has(Call.call_sid), has(Call.from_number), has(Call.to_number), has(Call.end_reason),
                 Call.call_sid.in_(in_turns),
             ))
         out: list[dict[str, Any]] = []

@@ -116,6 +116,9 @@ async def test_history_lists_searches_and_separates_active_calls(store):
     assert [c["call_sid"] for c in await store.list(q="0000002")] == [live]  # a number
     assert [c["refused_reason"] for c in await store.list(status="refused")] == ["capacity"]
     assert len(await store.list(limit=2)) == 2
+    # % and _ are literal characters, not wildcards.
+    assert await store.list(q="%") == [] and await store.list(q="caller%up") == []
+    assert await store.list(q="calle_") == [] and len(await store.list(q="_hung_")) == 1
 
 
 @pytest.mark.asyncio
