@@ -6,7 +6,7 @@ call (``bot.run_bot``); stopped at shutdown.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loguru import logger
 
@@ -31,7 +31,9 @@ class Resources:
         store: The call-record store.
         agent: The tools' and call control's settings.
         booking: The booking store (:class:`booking.store.BookingStore`), or None.
-        tools: The tool registry every call's agent may use.
+        tools: The tool registry every call's agent may use (MCP tools join it once
+            their servers answer).
+        mcp: One background connection per configured MCP server.
         local_agent_url: The offline agent's URL (provider ``local``), or None.
         apology_pcm: ``APOLOGY_TEXT`` as 16-bit PCM at 8000 Hz, or None without espeak-ng.
         ack_pcm: ``agent.TOOL_ACK_TEXT`` as 16-bit PCM at 8000 Hz, or None.
@@ -42,6 +44,7 @@ class Resources:
     agent: AgentSettings | None = None
     booking: object | None = None
     tools: ToolRegistry | None = None
+    mcp: list = field(default_factory=list)
     local_agent_url: str | None = None
     apology_pcm: bytes | None = None
     ack_pcm: bytes | None = None
@@ -72,12 +75,18 @@ class Resources:
             logger.info(f"offline agent listening at {agent.url}")
         resources.agent = AgentSettings()
         resources.booking, resources.tools = await _start_tools(resources.agent)
+        if resources.agent.MCP_SERVERS:
+            from tools.mcp_tools import start_mcp_sources
+
+            resources.mcp = start_mcp_sources(resources.agent.MCP_SERVERS, resources.tools)
         resources.apology_pcm = await _render(APOLOGY_TEXT)
         resources.ack_pcm = await _render(resources.agent.TOOL_ACK_TEXT)
         return resources
 
     async def stop(self) -> None:
-        """Stop the offline agent and close the stores."""
+        """Stop the MCP connections and the offline agent; close the stores."""
+        for source in self.mcp:
+            await source.stop()
         if self._local_agent is not None:
             await self._local_agent.stop()
         if self.booking is not None:
@@ -102,8 +111,6 @@ async def _start_tools(agent: AgentSettings) -> tuple[object, ToolRegistry]:
     registry = booking_registry()
     if agent.TOOL_WEBHOOKS:
         logger.info(f"webhook tools: {add_http_tools(registry, agent.TOOL_WEBHOOKS)}")
-    if agent.MCP_SERVERS:
-        logger.warning("MCP_SERVERS is set, but MCP tools are not supported yet (see README); ignored")
     return booking, registry
 
 
