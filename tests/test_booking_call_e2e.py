@@ -18,9 +18,13 @@ from offline.caller import CallerBehaviour, run_call
 from tests.support import ACCOUNT_SID, AUDIO, TOKEN, running_server
 
 
-@pytest.fixture
-def booking_server(tmp_path, fake_twilio_rest):
-    url_db = f"sqlite+aiosqlite:///{tmp_path / 'booking.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def booking_server(request, tmp_path, fake_twilio_rest):
+    """The real server with a fresh booking database: SQLite, or a real PostgreSQL."""
+    if request.param == "postgresql":
+        url_db = request.getfixturevalue("postgres_url")
+    else:
+        url_db = f"sqlite+aiosqlite:///{tmp_path / 'booking.db'}"
     with running_server(
         tmp_path,
         DATABASE_URL=url_db,
@@ -81,6 +85,7 @@ async def test_a_caller_books_a_hotel_by_voice(booking_server):
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("booking_server", ["sqlite"], indirect=True)
 async def test_keys_the_caller_presses_reach_the_agent(booking_server):
     url, _, _ = booking_server
     result = await run_call(
