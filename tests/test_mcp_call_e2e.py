@@ -20,7 +20,7 @@ import pytest
 from offline.caller import run_call
 from offline.mcp_server import mcp_server_process
 from offline.server_process import free_port
-from tests.support import ACCOUNT_SID, AUDIO, TOKEN, running_server
+from tests.support import ACCOUNT_SID, AUDIO, TOKEN, ended_record, running_server
 
 ACK = "One moment while I check that for you."
 
@@ -28,16 +28,6 @@ ACK = "One moment while I check that for you."
 async def _health(url: str) -> dict:
     async with httpx.AsyncClient(base_url=url) as client:
         return (await client.get("/health")).json()
-
-
-async def _record(url: str, call_sid: str) -> dict:
-    async with httpx.AsyncClient(base_url=url) as client:
-        for _ in range(20):
-            record = (await client.get(f"/api/calls/{call_sid}")).json()
-            if record["ended_at"]:
-                return record
-            await asyncio.sleep(0.1)
-    return record
 
 
 @pytest.mark.asyncio
@@ -61,7 +51,7 @@ async def test_mcp_tools_in_a_call_with_one_server_down(tmp_path, fake_twilio_re
         assert mcp["billing"]["state"] == "down" and mcp["billing"]["error"]
 
         result = await run_call(url, str(AUDIO / "jfk_8k.wav"), auth_token=TOKEN, max_call_s=90)
-        record = await _record(url, result.call_sid)
+        record = await ended_record(url, result.call_sid)
 
     # The call went as usual: greeted, every turn answered, ended by the agent.
     assert result.greeting_ms is not None
