@@ -12,6 +12,8 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tools.mcp_tools import McpServerConfig
+
 __all__ = ["AgentSettings"]
 
 
@@ -24,7 +26,8 @@ class AgentSettings(BaseSettings):
     LOAD_DEMO_DATA: bool = True  # hotels and a known caller, loaded once if missing
     TRANSFER_NUMBER: str | None = None  # E.164 number transfer_call dials
     TOOL_WEBHOOKS: list[dict[str, Any]] = Field(default_factory=list)  # JSON list of webhook tools
-    MCP_SERVERS: list[str] = Field(default_factory=list)  # not supported yet: see README
+    # JSON list of MCP servers: URL strings or objects (tools/mcp_tools.McpServerConfig).
+    MCP_SERVERS: list[McpServerConfig] = Field(default_factory=list)
     TOOL_ACK_TEXT: str = "One moment while I check that for you."
     # The agent's voice and manner, per deployment; a call may override each through a
     # TwiML <Parameter> named agent_model, agent_voice, agent_language,

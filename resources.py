@@ -6,7 +6,7 @@ call (``bot.run_bot``); stopped at shutdown.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loguru import logger
 
@@ -33,7 +33,9 @@ class Resources:
         store: The call-record store (its listeners publish to ``events``).
         agent: The tools' and call control's settings.
         booking: The booking store (:class:`booking.store.BookingStore`), or None.
-        tools: The tool registry every call's agent may use.
+        tools: The tool registry every call's agent may use (MCP tools join it once
+            their servers answer).
+        mcp: One background connection per configured MCP server.
         local_agent_url: The offline agent's URL (provider ``local``), or None.
         apology_pcm: ``APOLOGY_TEXT`` as 16-bit PCM at 8000 Hz, or None without espeak-ng.
         ack_pcm: ``agent.TOOL_ACK_TEXT`` as 16-bit PCM at 8000 Hz, or None.
@@ -45,6 +47,7 @@ class Resources:
     agent: AgentSettings | None = None
     booking: object | None = None
     tools: ToolRegistry | None = None
+    mcp: list = field(default_factory=list)
     local_agent_url: str | None = None
     apology_pcm: bytes | None = None
     ack_pcm: bytes | None = None
@@ -61,12 +64,12 @@ class Resources:
         Returns:
             The running resources.
         """
-        agent = AgentSettings()
+        agent_settings = AgentSettings()
         # PostgreSQL DATABASE_URL: records beside the bookings; else SQLite CALLS_DB_PATH.
-        store = await CallStore.open(
-            records_url(database_url_env=agent.DATABASE_URL, sqlite_path=settings.CALLS_DB_PATH)
-        )
-        resources = cls(settings=settings, store=store, agent=agent, events=EventBus(settings.REDIS_URL))
+        store = await CallStore.open(records_url(
+            database_url_env=agent_settings.DATABASE_URL, sqlite_path=settings.CALLS_DB_PATH))
+        resources = cls(settings=settings, store=store, agent=agent_settings,
+                        events=EventBus(settings.REDIS_URL))
         await resources.events.start()
         store.listeners.append(resources.events.publish)
         resources.local_agent_url = settings.LOCAL_AGENT_BASE_URL
@@ -82,12 +85,18 @@ class Resources:
             resources.local_agent_url = agent.url
             logger.info(f"offline agent listening at {agent.url}")
         resources.booking, resources.tools = await _start_tools(resources.agent)
+        if resources.agent.MCP_SERVERS:
+            from tools.mcp_tools import start_mcp_sources
+
+            resources.mcp = start_mcp_sources(resources.agent.MCP_SERVERS, resources.tools)
         resources.apology_pcm = await _render(APOLOGY_TEXT)
         resources.ack_pcm = await _render(resources.agent.TOOL_ACK_TEXT)
         return resources
 
     async def stop(self) -> None:
-        """Stop the offline agent, close the stores and the event bus."""
+        """Stop the MCP connections and the offline agent; close the stores and the event bus."""
+        for source in self.mcp:
+            await source.stop()
         if self._local_agent is not None:
             await self._local_agent.stop()
         if self.booking is not None:
@@ -114,8 +123,6 @@ async def _start_tools(agent: AgentSettings) -> tuple[object, ToolRegistry]:
     registry = booking_registry()
     if agent.TOOL_WEBHOOKS:
         logger.info(f"webhook tools: {add_http_tools(registry, agent.TOOL_WEBHOOKS)}")
-    if agent.MCP_SERVERS:
-        logger.warning("MCP_SERVERS is set, but MCP tools are not supported yet (see README); ignored")
     return booking, registry
 
 

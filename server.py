@@ -24,7 +24,7 @@ Our own doors (``Authorization: Bearer <API_KEY>``, or loopback only without a k
   ``?q=`` search).
 - The dashboard at ``/``, ``WS /events``, ``GET /metrics``, call exports: ``dashboard.py``.
 
-And ``GET /health``: ``{status: ok|draining, provider, active_calls}`` (503 while draining).
+And ``GET /health``: ``{status: ok|draining, provider, active_calls[, mcp]}`` (503 while draining).
 
 SIGTERM (or Ctrl-C) drains: no new calls (the webhook rejects them as busy, health
 says ``draining``), active calls go on for up to ``SHUTDOWN_GRACE_SECS``, then the
@@ -152,10 +152,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        """Liveness and load: ``{status, provider, active_calls}``; 503 while draining."""
+        """Liveness and load: ``{status, provider, active_calls[, mcp]}``; 503 while draining.
+
+            ``mcp`` (when MCP servers are configured) maps each server to ``{state:
+            connecting|connected|down, tools, error}``; a down MCP server does not make
+            the process unhealthy, its tools are simply not offered.
+            """
         draining = app.state.draining
         body = {"status": "draining" if draining else "ok", "provider": settings.provider,
                 "active_calls": len(app.state.calls)}
+        mcp = app.state.resources.mcp if getattr(app.state, "resources", None) else []
+        if mcp:
+            body["mcp"] = {source.config.label: source.status() for source in mcp}
         return JSONResponse(body, status_code=503 if draining else 200)
 
     @app.post("/twilio/incoming-call")

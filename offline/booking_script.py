@@ -6,7 +6,9 @@ understand the caller, so the scenario is fixed: whatever the caller says, turn 
 looks the caller up, turn 2 searches Lisbon for three nights a month from now for two
 guests, turn 3 books the first hotel found, turn 4 says goodbye and ends the call.
 Each tool's result is read back in the next spoken line, so a call's audio and its
-database agree.
+database agree. When the session also declares ``loyalty_points`` (the offline MCP
+server's tool, :mod:`offline.mcp_server`), a known caller's points are looked up right
+after turn 1's lookup and read out in the same reply.
 """
 
 from __future__ import annotations
@@ -42,12 +44,21 @@ class SayLine:
 class BookingScript:
     """Decides the next action of one call from the caller's turns and tool results."""
 
-    def __init__(self, today: date | None = None):
+    def __init__(self, today: date | None = None, tools: frozenset[str] | set[str] = frozenset()):
+        """Start a call's scenario.
+
+        Args:
+            today: The date the scenario's bookings count from (default: today).
+            tools: Names of the tools the session declares.
+        """
         self._today = today or date.today()
+        self._tools = frozenset(tools)
+        self._loyalty: dict[str, Any] | None = None
         self._steps_done = 0
         self._pending_result: tuple[str, dict[str, Any]] | None = None
         self._customer_name = "Guest"
         self._hotel: dict[str, Any] | None = None
+        self._caller_context: dict[str, Any] = {}
 
     @property
     def check_in(self) -> date:
@@ -87,6 +98,14 @@ class BookingScript:
         if self._pending_result is not None:
             name, result = self._pending_result
             self._pending_result = None
+            phone = ((result.get("customer") or {}).get("phone_number")
+                     if name == "get_caller_context" else None)
+            if phone and "loyalty_points" in self._tools:
+                self._caller_context = result
+                return ToolCall("loyalty_points", {"phone": phone})
+            if name == "loyalty_points":
+                self._loyalty = result if "error" not in result else None
+                name, result = "get_caller_context", self._caller_context
             return SayLine(self._after(name, result))
         if user_turns == 0 or self._steps_done >= 4 or user_turns <= self._steps_done:
             return None
@@ -118,8 +137,10 @@ class BookingScript:
             customer = result.get("customer") or {}
             if customer.get("name"):
                 self._customer_name = customer["name"]
-                return (f"Welcome back, {customer['name']}. I can help you book another stay. "
-                        "Which city would you like, and for which dates?")
+                points = (f" You have {self._loyalty['points']} loyalty points."
+                          if self._loyalty and "points" in self._loyalty else "")
+                return (f"Welcome back, {customer['name']}.{points} I can help you book another "
+                        "stay. Which city would you like, and for which dates?")
             return "Welcome to the Grand Harbor Hotel. Which city would you like to stay in, and when?"
         if name == "search_hotels":
             hotels = result.get("hotels") or []

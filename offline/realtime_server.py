@@ -370,7 +370,7 @@ class _Call:
         self._configure_turn_detection()
         names = {t.get("name") for t in self.session.get("tools") or [] if isinstance(t, dict)}
         if self.booking is None and BOOKING_TOOLS <= names:
-            self.booking = BookingScript()
+            self.booking = BookingScript(tools=names)
         for direction in ("input", "output"):
             audio_format = self.session["audio"][direction].get("format")
             if audio_format and audio_format.get("type") != "audio/pcm":

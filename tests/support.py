@@ -42,6 +42,25 @@ def running_server(tmp: Path, **env_overrides: str):
         pytest.fail(str(e))
 
 
+async def ended_record(url: str, call_sid: str, timeout_s: float = 2.0) -> dict:
+    """``GET /api/calls/{call_sid}`` once the call's end is recorded (or after ``timeout_s``).
+
+    The last writes of a call land while its pipeline is torn down, just after the
+    caller's side has finished.
+    """
+    import asyncio
+
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url) as client:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            record = (await client.get(f"/api/calls/{call_sid}")).json()
+            if record.get("ended_at") or time.monotonic() > deadline:
+                return record
+            await asyncio.sleep(0.1)
+
+
 class FakeTwilioRest:
     """A local stand-in for api.twilio.com's Call resource, recording every request.
 

@@ -8,19 +8,21 @@ in what the caller heard, and in Twilio's REST API (a local fake) completing the
 
 from __future__ import annotations
 
-import asyncio
 
-import httpx
 import pytest
 
 from booking.store import BookingStore
 from offline.caller import CallerBehaviour, run_call
-from tests.support import ACCOUNT_SID, AUDIO, TOKEN, running_server
+from tests.support import ACCOUNT_SID, AUDIO, TOKEN, ended_record, running_server
 
 
-@pytest.fixture
-def booking_server(tmp_path, fake_twilio_rest):
-    url_db = f"sqlite+aiosqlite:///{tmp_path / 'booking.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def booking_server(request, tmp_path, fake_twilio_rest):
+    """The real server with a fresh booking database: SQLite, or a real PostgreSQL."""
+    if request.param == "postgresql":
+        url_db = request.getfixturevalue("postgres_url")
+    else:
+        url_db = f"sqlite+aiosqlite:///{tmp_path / 'booking.db'}"
     with running_server(
         tmp_path,
         DATABASE_URL=url_db,
@@ -30,21 +32,11 @@ def booking_server(tmp_path, fake_twilio_rest):
         yield url, url_db, fake_twilio_rest
 
 
-async def _record(url: str, call_sid: str) -> dict:
-    async with httpx.AsyncClient(base_url=url) as client:
-        for _ in range(20):  # the call's last writes land as it is torn down
-            record = (await client.get(f"/api/calls/{call_sid}")).json()
-            if record["ended_at"]:
-                return record
-            await asyncio.sleep(0.1)
-    return record
-
-
 @pytest.mark.asyncio
 async def test_a_caller_books_a_hotel_by_voice(booking_server):
     url, db_url, rest = booking_server
     result = await run_call(url, str(AUDIO / "jfk_8k.wav"), auth_token=TOKEN, max_call_s=90)
-    record = await _record(url, result.call_sid)
+    record = await ended_record(url, result.call_sid)
 
     # Every caller turn was answered, and the agent hung up after its goodbye.
     assert all(u["replied"] for u in result.utterances), result.summary()
@@ -81,13 +73,14 @@ async def test_a_caller_books_a_hotel_by_voice(booking_server):
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("booking_server", ["sqlite"], indirect=True)
 async def test_keys_the_caller_presses_reach_the_agent(booking_server):
     url, _, _ = booking_server
     result = await run_call(
         url, str(AUDIO / "jfk_8k.wav"), auth_token=TOKEN, max_call_s=60,
         behaviour=CallerBehaviour(dtmf_after_greeting="42#"),
     )
-    record = await _record(url, result.call_sid)
+    record = await ended_record(url, result.call_sid)
     assert result.dtmf_sent_at is not None and result.dtmf_answered_at is not None
     pressed = [t for t in record["turns"] if t["role"] == "user" and "pressed" in t["text"]]
     assert pressed and pressed[0]["text"] == "[caller pressed 4 2 #]"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 
 import httpx
@@ -10,19 +9,15 @@ import pytest
 
 from offline.caller import run_call
 from records import CallStore
-from tests.support import AUDIO, TOKEN, running_server
+from tests.support import AUDIO, TOKEN, ended_record, running_server
 
 
 @pytest.mark.asyncio
 async def test_a_call_is_recorded_in_postgresql_turn_by_turn(tmp_path, postgres_url):
     with running_server(tmp_path, DATABASE_URL=postgres_url) as (url, _log):
         result = await run_call(url, str(AUDIO / "jfk_8k.wav"), auth_token=TOKEN, max_call_s=90)
+        served = await ended_record(url, result.call_sid)
         async with httpx.AsyncClient(base_url=url) as client:
-            for _ in range(30):  # the call's last writes land as it is torn down
-                served = (await client.get(f"/api/calls/{result.call_sid}")).json()
-                if served["ended_at"]:
-                    break
-                await asyncio.sleep(0.1)
             exported = (await client.get(f"/api/calls/{result.call_sid}/export.txt")).text
     store = CallStore(postgres_url)  # straight from PostgreSQL, the server gone
     try:

@@ -1,4 +1,4 @@
-"""Integration tools backed by webhooks, and how MCP tools fit beside the registry.
+"""Integration tools backed by webhooks.
 
 A webhook tool is configured, not coded: a name, a description, a URL, the JSON schema
 of its arguments (plain JSON Schema from configuration, no pydantic model) and a
@@ -15,21 +15,7 @@ Non-2xx answers, network failures and timeouts become ``http_error``,
     registry = booking_registry()
     add_http_tools(registry, settings_json["webhook_tools"])
 
-MCP tools: Pipecat's MCP client (:mod:`pipecat.services.mcp_service`, needs the ``mcp``
-package, i.e. ``pipecat-ai[mcp]``, which this project does not install) lists a
-server's tools as a ``ToolsSchema`` whose FunctionSchemas carry their own handlers, and
-the LLM service registers them when the context advertises them. To offer them next to
-the registry's tools, concatenate the standard tools::
-
-    mcp = MCPClient(server_params=StreamableHttpParameters(url=...))
-    mcp_tools = await mcp.tools()
-    tools = ToolsSchema(standard_tools=registry.tools_schema().standard_tools + mcp_tools.standard_tools)
-    context = LLMContext(messages, tools=tools)
-    registry.register_with(llm, context_factory)   # MCP handlers register themselves
-
-Those calls bypass :meth:`ToolRegistry.call` (no ``on_outcome`` record, Pipecat's
-error text instead of ours); to record them too, wrap each MCP FunctionSchema's
-``handler`` in a function that times it and calls ``on_outcome``.
+MCP tools are the other integration: see :mod:`tools.mcp_tools`.
 """
 
 from __future__ import annotations
