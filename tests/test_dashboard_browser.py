@@ -19,7 +19,7 @@ import httpx
 import pytest
 from playwright.async_api import async_playwright, expect
 
-from offline.caller import run_call
+from offline.caller import CallerBehaviour, run_call
 from outbound import PRESETS
 from tests.support import ACCOUNT_SID, AUDIO, TOKEN, running_server
 
@@ -124,3 +124,33 @@ async def test_the_call_form_places_an_outbound_call_with_edited_instructions(tm
     assert record["task"]["voicemail"] == PRESETS["survey"].voicemail({})
     assert record["preset"] is None
     assert record["status"] == "queued" and record["direction"] == "outbound-api"
+
+
+@pytest.mark.asyncio
+async def test_a_caller_talking_over_the_agent_shows_as_an_interruption(tmp_path):
+    executable = _chromium()
+    with running_server(tmp_path) as (url, _log):
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=executable, headless=True)
+            try:
+                page = await browser.new_page()
+                await page.goto(url + "/")
+                await expect(page.locator("#connection")).to_contain_text("Live", timeout=10_000)
+                call = asyncio.create_task(run_call(
+                    url, str(AUDIO / "jfk_8k.wav"), auth_token=TOKEN, max_call_s=90,
+                    behaviour=CallerBehaviour(barge_in_after_ms=2000)))
+                card = page.locator("#active-calls article.call")
+                await expect(card).to_have_count(1, timeout=15_000)
+                # The agent's cut-off turn is marked, with how much the caller heard.
+                cut = card.locator(".transcript li.assistant.interrupted").first
+                await expect(cut).to_be_visible(timeout=30_000)
+                await expect(cut.locator(".interrupted-mark")).to_contain_text("interrupted after")
+                await expect(card.locator(".transcript li.interruption").first).to_contain_text(
+                    "Caller interrupted the agent")
+                result = await asyncio.wait_for(call, 100)
+                row = page.locator(f'#history tbody tr[data-call-sid="{result.call_sid}"]')
+                await expect(row).to_have_count(1, timeout=15_000)
+                barge_ins = row.locator("td").nth(7)
+                assert int(await barge_ins.text_content()) >= 1
+            finally:
+                await browser.close()
