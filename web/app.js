@@ -268,7 +268,10 @@ async function loadHistory() {
 function historyRow(c) {
   const duration = c.started_at && c.ended_at ? fmtDuration(Date.parse(c.ended_at) - Date.parse(c.started_at)) : "–";
   const row = el("tr", { "data-call-sid": c.call_sid });
-  const view = el("button", { type: "button", class: "link", text: c.call_sid });
+  // Call SIDs are 34 characters: show the start and the end, name the whole SID.
+  const short = c.call_sid.length > 16 ? `${c.call_sid.slice(0, 8)}…${c.call_sid.slice(-4)}` : c.call_sid;
+  const view = el("button", { type: "button", class: "link", text: short, title: c.call_sid,
+                              "aria-label": `Show call ${c.call_sid}` });
   view.addEventListener("click", () => showDetail(c.call_sid));
   const exports = el("td", { class: "exports" });
   for (const [fmt, label] of [["json", "JSON"], ["txt", "Text"]]) {
