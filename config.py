@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     LOCAL_AGENT_BASE_URL: str | None = None  # an already running offline agent; else one is started
     LOCAL_AGENT_DELAY_MS: int = Field(default=0, ge=0)
     LOCAL_AGENT_EVENT_LOG: str | None = None  # JSON lines of what the offline agent received
+    # Load figures at GET /debug/stats (loop lag, added latency, teardown): make bench.
+    DIAGNOSTICS: bool = False
 
     AGENT_INSTRUCTIONS: str = (
         "You are the friendly front-desk agent of the Grand Harbor Hotel, answering the phone. "

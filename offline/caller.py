@@ -77,6 +77,7 @@ __all__ = [
     "load_wav_8k",
     "main",
     "parse_twiml",
+    "playout_gaps",
     "post_twilio_request",
     "run_call",
     "run_outbound_leg",
@@ -463,6 +464,9 @@ class CallResult:
         dropped_ms: Agent audio (ms) discarded by ``clear`` before it played.
         duration_s: Call time when the caller hung up (or the server closed).
         ended_by: ``"caller"``, ``"server"`` or ``"max_call_s"``.
+        media_arrivals: ``(call time s, phase)`` of every ``media`` message received,
+            in order; the phase counts the caller's turns and the ``clear``s, so one
+            phase holds at most one stretch of agent speech (see :func:`playout_gaps`).
     """
 
     call_sid: str
@@ -486,6 +490,7 @@ class CallResult:
     backchannel_at: float | None = None
     dtmf_sent_at: float | None = None
     dtmf_answered_at: float | None = None
+    media_arrivals: list[tuple[float, int]] = field(default_factory=list)
 
     @property
     def all_answered(self) -> bool:
@@ -531,6 +536,38 @@ class CallResult:
             f" (media after clear {self.media_after_clear}, dropped {self.dropped_ms:.0f} ms)"
         )
         return "\n".join(lines)
+
+
+def playout_gaps(
+    arrivals: list[tuple[float, int]], *, jitter_ms: float = 20.0, frame_ms: float = FRAME_MS
+) -> list[float]:
+    """Silences a listener hears inside the agent's speech because audio came late.
+
+    Each phase's ``media`` frames (one stretch of agent speech: see
+    :attr:`CallResult.media_arrivals`) are played on a 20 ms clock that starts
+    ``jitter_ms`` after the first frame arrives (a jitter buffer of that depth;
+    Twilio does not document its own). A frame that arrives after its turn to play
+    leaves a gap of silence and the clock slips by as much. Frames between phases
+    (the caller talking, a ``clear``) are not inside agent speech.
+
+    Args:
+        arrivals: ``(arrival time s, phase)`` per 20 ms ``media`` frame, in order.
+        jitter_ms: The buffer depth at the start of each stretch, in ms.
+        frame_ms: Audio per frame, in ms.
+
+    Returns:
+        Every gap, in ms, in order (an underrun heard is one over 40 ms).
+    """
+    gaps: list[float] = []
+    phase, due = None, 0.0  # due: when the next frame must be there to play on time, s
+    for at, frame_phase in arrivals:
+        if frame_phase != phase:
+            phase, due = frame_phase, at + jitter_ms / 1000
+        elif at > due:
+            gaps.append((at - due) * 1000)
+            due = at
+        due += frame_ms / 1000
+    return gaps
 
 
 # ------------------------------------------------------------------------ session
@@ -610,6 +647,7 @@ class _MediaSession:
         self.frame_in_utterance = 0
         self.heard_in_phase: float | None = None  # first speech played in this wait, s
         self.last_voiced_at = -math.inf  # call time the last agent speech frame played, s
+        self.phase = 0  # caller turns begun + clears received (see CallResult.media_arrivals)
 
     def _next_sequence(self) -> str:
         self.sequence += 1
@@ -649,6 +687,9 @@ class _MediaSession:
             payload = base64.b64decode(message.get("media", {}).get("payload", ""))
             self.buffer.push_audio(payload)
             self.result.media_received += 1
+            self.result.media_arrivals.append(
+                (asyncio.get_running_loop().time() - self.t0, self.phase)
+            )
             if self.result.clears:
                 self.result.media_after_clear += 1
                 if self.state == "speaking" and self.cleared_this_utterance:
@@ -660,6 +701,7 @@ class _MediaSession:
             self.buffer.push_mark(str(message.get("mark", {}).get("name", "")))
         elif event == "clear":
             self.result.clears += 1
+            self.phase += 1
             dropped = self.buffer.queued_bytes
             self.result.dropped_ms += dropped * 1000.0 / SAMPLE_RATE
             pending = self.buffer.clear()
@@ -727,6 +769,7 @@ class _MediaSession:
             self.state = "done"
             return
         self.state = "speaking"
+        self.phase += 1
         self.frame_in_utterance = 0
         self.cleared_this_utterance = False
         utterance = self.result.utterances[self.utterance]

@@ -28,12 +28,13 @@ from loguru import logger
 from pipecat.services.openai.realtime import events
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
 
+from diagnostics import ProbedRealtimeMixin
 from processors.barge_in import PlayoutTracker
 
 __all__ = ["PlayoutAwareOpenAIRealtimeLLMService"]
 
 
-class PlayoutAwareOpenAIRealtimeLLMService(OpenAIRealtimeLLMService):
+class PlayoutAwareOpenAIRealtimeLLMService(ProbedRealtimeMixin, OpenAIRealtimeLLMService):
     """OpenAI Realtime service whose truncation follows what the caller heard.
 
     Args:

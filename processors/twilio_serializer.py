@@ -36,9 +36,11 @@ from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
     InputTransportMessageFrame,
+    InterruptionFrame,
 )
 from pipecat.serializers.twilio import TwilioFrameSerializer
 
+from diagnostics import CALL_PROBE
 from processors.g711 import ulaw_decode, ulaw_encode
 from processors.resampler import StreamResampler
 
@@ -85,6 +87,8 @@ class TwilioMediaSerializer(TwilioFrameSerializer):
             Twilio equivalent.
         """
         if not isinstance(frame, AudioRawFrame):
+            if isinstance(frame, InterruptionFrame) and (probe := CALL_PROBE.get()):
+                probe.cleared()
             return await super().serialize(frame)
         pcm = frame.audio
         if frame.sample_rate != TWILIO_SAMPLE_RATE:
@@ -100,6 +104,8 @@ class TwilioMediaSerializer(TwilioFrameSerializer):
         if len(pcm) < 2:
             return None
         payload = base64.b64encode(ulaw_encode(pcm[: len(pcm) & ~1])).decode("ascii")
+        if probe := CALL_PROBE.get():
+            probe.media_sent()
         return json.dumps(
             {"event": "media", "streamSid": self._stream_sid, "media": {"payload": payload}}
         )
@@ -127,6 +133,8 @@ class TwilioMediaSerializer(TwilioFrameSerializer):
         if event == "media":
             return self._media_frame(message)
         if event == "stop":
+            if probe := CALL_PROBE.get():
+                probe.hung_up()
             return CancelWorkerFrame(reason=CALLER_HUNG_UP)
         if event == "mark":
             return InputTransportMessageFrame(message=message)
@@ -151,6 +159,8 @@ class TwilioMediaSerializer(TwilioFrameSerializer):
         except (binascii.Error, ValueError):
             logger.warning(f"{self}: ignoring a media message with bad base64")
             return None
+        if probe := CALL_PROBE.get():
+            probe.caller_audio(len(ulaw) / TWILIO_SAMPLE_RATE)
         return InputAudioRawFrame(
             audio=ulaw_decode(ulaw), sample_rate=TWILIO_SAMPLE_RATE, num_channels=1
         )

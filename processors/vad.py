@@ -19,6 +19,9 @@ small thread pool (:data:`VAD_THREADS`), and keeps only its own recurrent state
 (the ``state`` tensor and the 64-sample context). A call's windows are still scored
 one after another, in order: each ``analyze_audio`` awaits its result before the
 pipeline hands it the next frame.
+
+A 20 ms frame that completes no 32 ms window (about one in three) is buffered on the
+event loop, without a thread hop.
 """
 
 from __future__ import annotations
@@ -112,6 +115,8 @@ class PhoneSileroVADAnalyzer(SileroVADAnalyzer):
         Returns:
             The VAD state after this audio.
         """
+        if len(self._vad_buffer) + len(buffer) < self._vad_frames_num_bytes:
+            return self._run_analyzer(buffer)  # no window to score: no thread hop
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(_shared_executor(), self._run_analyzer, buffer)
 
