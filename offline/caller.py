@@ -51,6 +51,7 @@ import time
 import wave
 import xml.etree.ElementTree as ET
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -467,6 +468,8 @@ class CallResult:
         media_arrivals: ``(call time s, phase)`` of every ``media`` message received,
             in order; the phase counts the caller's turns and the ``clear``s, so one
             phase holds at most one stretch of agent speech (see :func:`playout_gaps`).
+        closed_after_stop_s: With ``hang_up="stop_only"``: seconds from ``stop`` to
+            the server closing the socket (None if it did not within 10 s).
     """
 
     call_sid: str
@@ -491,6 +494,7 @@ class CallResult:
     dtmf_sent_at: float | None = None
     dtmf_answered_at: float | None = None
     media_arrivals: list[tuple[float, int]] = field(default_factory=list)
+    closed_after_stop_s: float | None = None
 
     @property
     def all_answered(self) -> bool:
@@ -590,6 +594,15 @@ class CallerBehaviour:
         dtmf_after_greeting: Keys to press (Twilio ``dtmf`` messages, one per key)
             once the greeting has played, then wait for the agent's answer before
             speaking.
+        before_start: Raw WebSocket messages (text or binary) sent after
+            ``connected`` and before ``start`` (fault injection).
+        inject: Fault injection: called every 20 ms tick with the call time (s);
+            the raw messages (text or binary) it returns are sent before the tick's
+            ``media``.
+        hang_up: How the caller leaves: ``stop`` (send ``stop``, then close the
+            socket, as Twilio does), ``abort`` (drop the TCP connection: no ``stop``,
+            no close frame) or ``stop_only`` (send ``stop`` and wait for the server
+            to close the socket, up to 10 s).
     """
 
     barge_in_after_ms: float | None = None
@@ -598,6 +611,9 @@ class CallerBehaviour:
     backchannel_ms: float | None = None
     speech_dbfs: float | None = None
     dtmf_after_greeting: str | None = None
+    before_start: list[str | bytes] = field(default_factory=list)
+    inject: Callable[[float], list[str | bytes]] | None = None
+    hang_up: str = "stop"
 
 
 class _MediaSession:
@@ -845,10 +861,35 @@ class _MediaSession:
 
     # -- the call -------------------------------------------------------------------
 
+    async def _hang_up(self, call_sid: str, receiver: asyncio.Task) -> None:
+        """Leave the call the way :attr:`CallerBehaviour.hang_up` says."""
+        how = self.behaviour.hang_up
+        if how == "abort":
+            self.ws.transport.abort()
+            return
+        await self._send(
+            {
+                "event": "stop",
+                "sequenceNumber": self._next_sequence(),
+                "stop": {"accountSid": self.account_sid, "callSid": call_sid},
+                "streamSid": self.result.stream_sid,
+            }
+        )
+        if how == "stop_only":
+            sent = asyncio.get_running_loop().time()
+            try:
+                await asyncio.wait_for(asyncio.shield(receiver), 10.0)
+                self.result.closed_after_stop_s = asyncio.get_running_loop().time() - sent
+            except TimeoutError:
+                logger.warning("The server kept the stream open 10 s after stop")
+        await self.ws.close()
+
     async def run(self, call_sid: str, parameters: dict[str, str]) -> None:
         """Send connected/start, then media every 20 ms until the caller hangs up."""
         result = self.result
         await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        for raw in self.behaviour.before_start:
+            await self.ws.send(raw)
         await self._send(
             {
                 "event": "start",
@@ -896,6 +937,9 @@ class _MediaSession:
                 frame = self._caller_tick(now)
                 if frame is None:
                     break
+                if self.behaviour.inject is not None:
+                    for raw in self.behaviour.inject(now):
+                        await self.ws.send(raw)
                 if self.dtmf_to_send:  # one key per tick, as a phone would
                     key, self.dtmf_to_send = self.dtmf_to_send[0], self.dtmf_to_send[1:]
                     await self._send(
@@ -921,15 +965,7 @@ class _MediaSession:
                 )
                 tick += 1
             if result.ended_by != "server":
-                await self._send(
-                    {
-                        "event": "stop",
-                        "sequenceNumber": self._next_sequence(),
-                        "stop": {"accountSid": self.account_sid, "callSid": call_sid},
-                        "streamSid": result.stream_sid,
-                    }
-                )
-                await self.ws.close()
+                await self._hang_up(call_sid, receiver)
         except ConnectionClosed as exc:
             logger.info("Server closed the media stream: {}", exc)
             result.ended_by = "server"

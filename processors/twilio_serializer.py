@@ -15,8 +15,8 @@ Inbound ``stop`` (the caller hung up) becomes a ``CancelWorkerFrame`` with the r
 more, so nothing queued needs to play. Inbound ``mark`` becomes an
 :class:`InputTransportMessageFrame` carrying the message.
 
-Malformed input (bad JSON, bad base64, an odd-sized payload, unknown events) is
-logged and dropped: it never raises, because an exception here would end the
+Malformed input (bad JSON, bad base64, an odd-sized payload, a payload over
+:data:`MAX_MEDIA_BYTES`, unknown events) is logged and dropped: it never raises, because an exception here would end the
 transport's receive loop and with it the call.
 
 Protocol source: https://www.twilio.com/docs/voice/media-streams/websocket-messages
@@ -44,12 +44,15 @@ from diagnostics import CALL_PROBE
 from processors.g711 import ulaw_decode, ulaw_encode
 from processors.resampler import StreamResampler
 
-__all__ = ["CALLER_HUNG_UP", "TWILIO_SAMPLE_RATE", "TwilioMediaSerializer"]
+__all__ = ["CALLER_HUNG_UP", "MAX_MEDIA_BYTES", "TWILIO_SAMPLE_RATE", "TwilioMediaSerializer"]
 
 #: Twilio Media Streams audio: audio/x-mulaw, 8000 Hz, mono.
 TWILIO_SAMPLE_RATE = 8000
 #: End reason recorded when Twilio reports the caller hung up (``stop`` or socket close).
 CALLER_HUNG_UP = "caller_hung_up"
+#: Largest ``media`` payload taken, in mu-law bytes: 1 s of audio. Twilio sends 20 ms
+#: (160 bytes) per message; anything far larger is not Twilio and would stall the call.
+MAX_MEDIA_BYTES = TWILIO_SAMPLE_RATE
 
 
 class TwilioMediaSerializer(TwilioFrameSerializer):
@@ -154,10 +157,16 @@ class TwilioMediaSerializer(TwilioFrameSerializer):
         if not isinstance(payload, str) or not payload:
             logger.warning(f"{self}: ignoring a media message without a payload")
             return None
+        if len(payload) > (MAX_MEDIA_BYTES + 2) // 3 * 4:  # too long to decode at all
+            logger.warning(f"{self}: ignoring a media message of {len(payload)} base64 characters")
+            return None
         try:
             ulaw = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
             logger.warning(f"{self}: ignoring a media message with bad base64")
+            return None
+        if len(ulaw) > MAX_MEDIA_BYTES:
+            logger.warning(f"{self}: ignoring a media message of {len(ulaw)} bytes (over 1 s)")
             return None
         if probe := CALL_PROBE.get():
             probe.caller_audio(len(ulaw) / TWILIO_SAMPLE_RATE)
