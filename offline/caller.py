@@ -993,6 +993,7 @@ async def run_call(
     max_call_s: float = 120.0,
     ws_url_override: str | None = None,
     behaviour: CallerBehaviour | None = None,
+    call_sid: str | None = None,
 ) -> CallResult:
     """Place one simulated inbound Twilio call against an agent server.
 
@@ -1012,6 +1013,7 @@ async def run_call(
         ws_url_override: Connect here instead of the TwiML's ``<Stream url>``
             (the signature still covers the TwiML URL, as Twilio would).
         behaviour: Barge-in, echo, backchannel and level options; polite by default.
+        call_sid: The call SID to use (``CA`` + 32 hex); a fresh one by default.
 
     Returns:
         The call's :class:`CallResult`.
@@ -1022,7 +1024,7 @@ async def run_call(
         ValueError: No speech found in the WAV.
     """
     pcm, spans = _caller_speech(wav_path, min_gap_ms, behaviour)
-    call_sid, account_sid, stream_sid = _sid("CA"), _sid("AC"), _sid("MZ")
+    call_sid, account_sid, stream_sid = call_sid or _sid("CA"), _sid("AC"), _sid("MZ")
     params = _webhook_params(call_sid, account_sid, from_number, to_number)
     response = await post_twilio_request(
         server_url, WEBHOOK_PATH, params, auth_token=auth_token, public_base_url=public_base_url

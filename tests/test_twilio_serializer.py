@@ -96,8 +96,11 @@ async def test_malformed_messages_are_dropped_not_raised(serializer, message):
     assert await serializer.deserialize(message) is None
 
 
-def test_ten_thousand_fuzzed_messages_never_raise_and_never_end_the_call():
+def test_fuzzed_messages_never_raise_and_never_end_the_call():
     """Hypothesis: any message, Twilio-shaped or garbage, is a frame or None, never an error.
+
+    2,000 here, in-process (shrinks to a minimal failing message); the fault matrix
+    (``test_fault_matrix_e2e.py``) sends 10,000 to the real server over loopback.
 
     A ``CancelWorkerFrame`` would end the call: only ``stop`` may produce one, and the
     strategy sends none.
@@ -115,7 +118,7 @@ def test_ten_thousand_fuzzed_messages_never_raise_and_never_end_the_call():
     loop = asyncio.new_event_loop()
     logger.disable("processors.twilio_serializer")  # 10,000 warnings would only slow it down
 
-    @settings(max_examples=10_000, deadline=None, database=None, derandomize=True,
+    @settings(max_examples=2_000, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(messages)
     def deserialize_is_total(message):
