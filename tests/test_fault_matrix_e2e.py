@@ -229,3 +229,38 @@ async def test_kill_9_mid_call_keeps_the_turns_so_far(tmp_path, speech):
         # And the restarted server takes calls.
         again = await run_call(url, speech, auth_token=TOKEN, max_call_s=60)
         assert again.greeting_ms is not None and again.all_answered, again.summary()
+
+
+@pytest.mark.asyncio
+async def test_a_stalled_model_is_reconnected(tmp_path, speech):
+    """The model's socket stays open but it goes silent mid-call: the call reconnects.
+
+    The offline agent runs in the test's process so the test can hang it; new
+    connections are served, so the call recovers on a new session with the
+    conversation so far, and every caller turn is answered.
+    """
+    from offline.realtime_server import OfflineRealtimeServer
+
+    agent = OfflineRealtimeServer()
+    await agent.start()
+    try:
+        with running_server(tmp_path, LOCAL_AGENT_BASE_URL=agent.url, MODEL_STALL_SECS="2") as (url, log):
+            stalled = False
+
+            def stall_after_greeting(now: float) -> list[str | bytes]:
+                nonlocal stalled
+                if not stalled and now >= 1.0:  # the greeting is streaming: hang the model
+                    stalled = agent.stall_connections() == 1
+                return []
+
+            result = await run_call(url, speech, auth_token=TOKEN, max_call_s=90, reply_timeout_s=20,
+                                    behaviour=CallerBehaviour(inject=stall_after_greeting))
+            record = await _ended_record(url, result.call_sid)
+    finally:
+        await agent.stop()
+    assert stalled
+    opened = [e for e in agent.received if e["type"] == "connection.opened"]
+    assert len(opened) == 2  # a second session replaced the hung one
+    assert result.all_answered, result.summary()
+    assert record["end_reason"] != "model_error"
+    assert "model stalled" in log.read_text()
