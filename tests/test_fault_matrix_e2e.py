@@ -264,3 +264,57 @@ async def test_a_stalled_model_is_reconnected(tmp_path, speech):
     assert result.all_answered, result.summary()
     assert record["end_reason"] != "model_error"
     assert "model stalled" in log.read_text()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("fault", ["raising", "hanging"])
+async def test_a_failing_tool(tmp_path, speech, fault):
+    """The first tool the agent calls (``get_caller_context``) raises, or hangs past its deadline.
+
+    Raising: its table is gone from the booking database. Hanging: another process
+    holds the database's exclusive lock, so the query waits past the tool's 4 s
+    deadline. Either way the agent goes on talking, every caller turn is answered, and
+    the record holds the tool call with its error.
+    """
+    import sqlite3
+
+    booking_db = tmp_path / "booking.db"
+    lock: sqlite3.Connection | None = None
+    with running_server(tmp_path) as (url, log):
+        database = sqlite3.connect(booking_db, isolation_level=None)
+        if fault == "raising":
+            database.execute("ALTER TABLE customers RENAME TO customers_gone")
+            database.close()
+        else:
+            database.execute("BEGIN EXCLUSIVE")
+            lock = database
+        call_sid = "CA" + ("1" if fault == "raising" else "2") * 32
+        call = asyncio.create_task(run_call(url, speech, auth_token=TOKEN, max_call_s=90,
+                                            reply_timeout_s=20, call_sid=call_sid))
+        try:
+            async with httpx.AsyncClient(base_url=url) as client:
+                while not call.done():  # until the tool call is over and recorded
+                    response = await client.get(f"/api/calls/{call_sid}")
+                    if response.status_code == 200 and response.json().get("tool_calls"):
+                        break
+                    await asyncio.sleep(0.2)
+        finally:
+            if lock is not None:
+                lock.rollback()
+                lock.close()
+        result = await call
+        record = await _ended_record(url, call_sid)
+
+    assert record["tool_calls"], "the tool call is missing from the record"
+    tool = record["tool_calls"][0]
+    assert tool["name"] == "get_caller_context"
+    assert tool["error"], tool
+    if fault == "hanging":
+        assert "timeout" in json.dumps(tool["error"])
+    assert result.all_answered, result.summary()
+    assert record["end_reason"] in ("agent_ended", "caller_hung_up")
+    logged = log.read_text()
+    if fault == "raising":  # an unexpected exception in a tool is logged, with its traceback
+        assert logged.count("tool get_caller_context failed") == 1
+    else:
+        assert "Traceback" not in logged
