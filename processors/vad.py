@@ -147,8 +147,9 @@ class PhoneSileroVADAnalyzer(SileroVADAnalyzer):
             Confidence between 0.0 and 1.0 (0 on a malformed window, logged by Pipecat).
         """
         if self._upsampler is not None:
-            buffer = self._upsampler.process(bytes(buffer))
-        audio = np.frombuffer(buffer, np.int16).astype(np.float32) / 32768.0
+            audio = (self._upsampler.process_float(bytes(buffer)) / 32768.0).astype(np.float32)
+        else:
+            audio = np.frombuffer(buffer, np.int16).astype(np.float32) / 32768.0
         if len(audio) != _MODEL_WINDOW:
             return 0.0
         confidence = self._model(audio, _MODEL_RATE)[0]
