@@ -1,8 +1,8 @@
 """Load diagnostics: event-loop lag, the latency our code adds, call teardown time.
 
 ``make bench`` turns these on (``DIAGNOSTICS=true``) and reads them from
-``GET /debug/stats``; they cost a few hundred nanoseconds per 20 ms frame when on and
-one context-variable lookup when off.
+``GET /debug/stats``. When off, each hook is one context-variable lookup; when on, about
+a microsecond per 20 ms frame.
 
 What is measured, per server process:
 
