@@ -315,7 +315,7 @@ def run() -> tuple[list[LevelResult], LeakResult | None]:
 
     ``BENCH_LEVELS`` (ours, default ``1,10,25,50``), ``BENCH_STOCK_LEVELS`` (default
     ``10,50``), ``BENCH_LEAK_CALLS`` (default 500; 0 skips), ``BENCH_LEAK_LANES``
-    (default 5), ``BENCH_SPEECH_S`` (seconds of speech per density caller).
+    (default 8), ``BENCH_SPEECH_S`` (seconds of speech per density caller).
     """
     results: list[LevelResult] = []
     leaks = None
@@ -331,7 +331,7 @@ def run() -> tuple[list[LevelResult], LeakResult | None]:
                 print(f"  ours, {calls} calls: done in {results[-1].duration_s:.0f} s", flush=True)
             leak_calls = int(os.environ.get("BENCH_LEAK_CALLS", "500"))
             if leak_calls:
-                lanes = int(os.environ.get("BENCH_LEAK_LANES", "5"))
+                lanes = int(os.environ.get("BENCH_LEAK_LANES", "8"))
                 leaks = asyncio.run(run_leaks(url, short_wav, leak_calls, lanes))
                 print(f"  leaks, {leak_calls} calls: done in {leaks.duration_s:.0f} s", flush=True)
         stock_levels = _levels("BENCH_STOCK_LEVELS", "10,50")
