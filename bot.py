@@ -30,6 +30,7 @@ from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPI
 from pipecat.workers.runner import WorkerRunner
 
 from call_control import AGENT_ENDED, MODEL_ERROR, CallControl
+from diagnostics import new_call_probe
 from pipelines import GRAPHS, CallContext
 from processors.twilio_serializer import CALLER_HUNG_UP, TWILIO_SAMPLE_RATE, TwilioMediaSerializer
 from resources import APOLOGY_TEXT, Resources
@@ -103,6 +104,7 @@ async def run_bot(
     """
     settings, store = resources.settings, resources.store
     call_sid = start.call_sid
+    probe = new_call_probe()  # None unless DIAGNOSTICS is on
     await store.start_call(
         call_sid,
         stream_sid=start.stream_sid,
@@ -159,6 +161,8 @@ async def run_bot(
 
     @transport.event_handler("on_client_disconnected")
     async def on_client_disconnected(_transport, _websocket):
+        if probe:
+            probe.hung_up()
         control.end_reason(CALLER_HUNG_UP)
         await worker.cancel(reason=CALLER_HUNG_UP)
 
@@ -211,6 +215,8 @@ async def run_bot(
         reason = control.reason or CALLER_HUNG_UP
         await store.end_call(call_sid, reason)
         logger.info(f"[{call_sid}] call ended: {reason}")
+        if probe:
+            probe.ended()
     if reason in (AGENT_ENDED, MODEL_ERROR):
         await complete_call(settings, call_sid)
     return reason

@@ -59,6 +59,7 @@ from loguru import logger
 
 from bot import StreamStart, run_bot
 import dashboard
+import diagnostics
 from config import ConfigError, Settings, is_loopback, load_settings
 from outbound import AMD_FAX, AMD_MACHINE, AnsweringMachineGate, OutboundCallRequest, plan_call
 from records import TERMINAL_STATUSES
@@ -125,9 +126,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             f"(pid {os.getpid()}, at most {settings.MAX_CONCURRENT_CALLS} calls)"
         )
         _log_doors(settings)
+        if settings.DIAGNOSTICS:
+            diagnostics.STATS.start_lag_probe()
         try:
             yield
         finally:
+            await diagnostics.STATS.stop_lag_probe()
             await _end_calls(app)
             await app.state.resources.stop()
 
@@ -141,6 +145,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     tokens: StreamTokens = app.state.tokens
     amd: AnsweringMachineGate = app.state.amd
     dashboard.install(app)  # /, /events, /metrics, exports (dashboard.py)
+    if settings.DIAGNOSTICS:
+        diagnostics.install(app, dependencies=[Depends(require_api_key)])
 
     def refusal() -> str | None:
         """Why a new call cannot be taken now (``draining``, ``capacity``), or None."""
@@ -583,7 +589,10 @@ def main() -> None:
     logger.add(sys.stderr, level=settings.LOG_LEVEL, diagnose=False)
     install_log_redaction(settings)
     app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.HOST, port=settings.PORT, timeout_graceful_shutdown=5)
+    # No permessage-deflate: compressing 20 ms of base64 audio per message costs CPU on
+    # every frame of every call and saves little.
+    config = uvicorn.Config(app, host=settings.HOST, port=settings.PORT, timeout_graceful_shutdown=5,
+                            ws_per_message_deflate=False)
     _DrainingServer(config, app, settings.SHUTDOWN_GRACE_SECS).run()
 
 

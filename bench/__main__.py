@@ -1,17 +1,23 @@
-"""``python -m bench`` (``make bench``): run the benchmarks and print their figures."""
+"""``python -m bench`` (``make bench``): run the benchmarks, print their figures, write docs/benchmarks.md."""
 
 from loguru import logger
 
-from bench import barge_in, reply_delay
+from bench import barge_in, density, reply_delay
 
 
 def main() -> None:
-    """Run every benchmark and print a table for each."""
+    """Run every benchmark, print a table for each, and write ``docs/benchmarks.md``."""
     logger.remove()
     logger.add(lambda m: None)  # the callers' logs would drown the figures
-    print(reply_delay.report(reply_delay.run()), flush=True)
+    sections = [reply_delay.report(reply_delay.run())]
+    print(sections[-1], flush=True)
     print()
-    print(barge_in.report(barge_in.run()))
+    sections.append(barge_in.report(barge_in.run()))
+    print(sections[-1], flush=True)
+    print()
+    results, leaks = density.run()
+    print(density.report(results, leaks), flush=True)
+    print(f"\nwritten: {density.write_docs(results, leaks, sections)}")
 
 
 if __name__ == "__main__":

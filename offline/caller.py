@@ -51,6 +51,7 @@ import time
 import wave
 import xml.etree.ElementTree as ET
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ __all__ = [
     "load_wav_8k",
     "main",
     "parse_twiml",
+    "playout_gaps",
     "post_twilio_request",
     "run_call",
     "run_outbound_leg",
@@ -463,6 +465,11 @@ class CallResult:
         dropped_ms: Agent audio (ms) discarded by ``clear`` before it played.
         duration_s: Call time when the caller hung up (or the server closed).
         ended_by: ``"caller"``, ``"server"`` or ``"max_call_s"``.
+        media_arrivals: ``(call time s, phase)`` of every ``media`` message received,
+            in order; the phase counts the caller's turns and the ``clear``s, so one
+            phase holds at most one stretch of agent speech (see :func:`playout_gaps`).
+        closed_after_stop_s: With ``hang_up="stop_only"``: seconds from ``stop`` to
+            the server closing the socket (None if it did not within 10 s).
     """
 
     call_sid: str
@@ -486,6 +493,8 @@ class CallResult:
     backchannel_at: float | None = None
     dtmf_sent_at: float | None = None
     dtmf_answered_at: float | None = None
+    media_arrivals: list[tuple[float, int]] = field(default_factory=list)
+    closed_after_stop_s: float | None = None
 
     @property
     def all_answered(self) -> bool:
@@ -533,6 +542,38 @@ class CallResult:
         return "\n".join(lines)
 
 
+def playout_gaps(
+    arrivals: list[tuple[float, int]], *, jitter_ms: float = 20.0, frame_ms: float = FRAME_MS
+) -> list[float]:
+    """Silences a listener hears inside the agent's speech because audio came late.
+
+    Each phase's ``media`` frames (one stretch of agent speech: see
+    :attr:`CallResult.media_arrivals`) are played on a 20 ms clock that starts
+    ``jitter_ms`` after the first frame arrives (a jitter buffer of that depth;
+    Twilio does not document its own). A frame that arrives after its turn to play
+    leaves a gap of silence and the clock slips by as much. Frames between phases
+    (the caller talking, a ``clear``) are not inside agent speech.
+
+    Args:
+        arrivals: ``(arrival time s, phase)`` per 20 ms ``media`` frame, in order.
+        jitter_ms: The buffer depth at the start of each stretch, in ms.
+        frame_ms: Audio per frame, in ms.
+
+    Returns:
+        Every gap, in ms, in order (an underrun heard is one over 40 ms).
+    """
+    gaps: list[float] = []
+    phase, due = None, 0.0  # due: when the next frame must be there to play on time, s
+    for at, frame_phase in arrivals:
+        if frame_phase != phase:
+            phase, due = frame_phase, at + jitter_ms / 1000
+        elif at > due:
+            gaps.append((at - due) * 1000)
+            due = at
+        due += frame_ms / 1000
+    return gaps
+
+
 # ------------------------------------------------------------------------ session
 
 
@@ -553,6 +594,15 @@ class CallerBehaviour:
         dtmf_after_greeting: Keys to press (Twilio ``dtmf`` messages, one per key)
             once the greeting has played, then wait for the agent's answer before
             speaking.
+        before_start: Raw WebSocket messages (text or binary) sent after
+            ``connected`` and before ``start`` (fault injection).
+        inject: Fault injection: called every 20 ms tick with the call time (s);
+            the raw messages (text or binary) it returns are sent before the tick's
+            ``media``.
+        hang_up: How the caller leaves: ``stop`` (send ``stop``, then close the
+            socket, as Twilio does), ``abort`` (drop the TCP connection: no ``stop``,
+            no close frame) or ``stop_only`` (send ``stop`` and wait for the server
+            to close the socket, up to 10 s).
     """
 
     barge_in_after_ms: float | None = None
@@ -561,6 +611,9 @@ class CallerBehaviour:
     backchannel_ms: float | None = None
     speech_dbfs: float | None = None
     dtmf_after_greeting: str | None = None
+    before_start: list[str | bytes] = field(default_factory=list)
+    inject: Callable[[float], list[str | bytes]] | None = None
+    hang_up: str = "stop"
 
 
 class _MediaSession:
@@ -610,6 +663,7 @@ class _MediaSession:
         self.frame_in_utterance = 0
         self.heard_in_phase: float | None = None  # first speech played in this wait, s
         self.last_voiced_at = -math.inf  # call time the last agent speech frame played, s
+        self.phase = 0  # caller turns begun + clears received (see CallResult.media_arrivals)
 
     def _next_sequence(self) -> str:
         self.sequence += 1
@@ -649,6 +703,9 @@ class _MediaSession:
             payload = base64.b64decode(message.get("media", {}).get("payload", ""))
             self.buffer.push_audio(payload)
             self.result.media_received += 1
+            self.result.media_arrivals.append(
+                (asyncio.get_running_loop().time() - self.t0, self.phase)
+            )
             if self.result.clears:
                 self.result.media_after_clear += 1
                 if self.state == "speaking" and self.cleared_this_utterance:
@@ -660,6 +717,7 @@ class _MediaSession:
             self.buffer.push_mark(str(message.get("mark", {}).get("name", "")))
         elif event == "clear":
             self.result.clears += 1
+            self.phase += 1
             dropped = self.buffer.queued_bytes
             self.result.dropped_ms += dropped * 1000.0 / SAMPLE_RATE
             pending = self.buffer.clear()
@@ -727,6 +785,7 @@ class _MediaSession:
             self.state = "done"
             return
         self.state = "speaking"
+        self.phase += 1
         self.frame_in_utterance = 0
         self.cleared_this_utterance = False
         utterance = self.result.utterances[self.utterance]
@@ -802,10 +861,35 @@ class _MediaSession:
 
     # -- the call -------------------------------------------------------------------
 
+    async def _hang_up(self, call_sid: str, receiver: asyncio.Task) -> None:
+        """Leave the call the way :attr:`CallerBehaviour.hang_up` says."""
+        how = self.behaviour.hang_up
+        if how == "abort":
+            self.ws.transport.abort()
+            return
+        await self._send(
+            {
+                "event": "stop",
+                "sequenceNumber": self._next_sequence(),
+                "stop": {"accountSid": self.account_sid, "callSid": call_sid},
+                "streamSid": self.result.stream_sid,
+            }
+        )
+        if how == "stop_only":
+            sent = asyncio.get_running_loop().time()
+            try:
+                await asyncio.wait_for(asyncio.shield(receiver), 10.0)
+                self.result.closed_after_stop_s = asyncio.get_running_loop().time() - sent
+            except TimeoutError:
+                logger.warning("The server kept the stream open 10 s after stop")
+        await self.ws.close()
+
     async def run(self, call_sid: str, parameters: dict[str, str]) -> None:
         """Send connected/start, then media every 20 ms until the caller hangs up."""
         result = self.result
         await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        for raw in self.behaviour.before_start:
+            await self.ws.send(raw)
         await self._send(
             {
                 "event": "start",
@@ -853,6 +937,9 @@ class _MediaSession:
                 frame = self._caller_tick(now)
                 if frame is None:
                     break
+                if self.behaviour.inject is not None:
+                    for raw in self.behaviour.inject(now):
+                        await self.ws.send(raw)
                 if self.dtmf_to_send:  # one key per tick, as a phone would
                     key, self.dtmf_to_send = self.dtmf_to_send[0], self.dtmf_to_send[1:]
                     await self._send(
@@ -878,15 +965,7 @@ class _MediaSession:
                 )
                 tick += 1
             if result.ended_by != "server":
-                await self._send(
-                    {
-                        "event": "stop",
-                        "sequenceNumber": self._next_sequence(),
-                        "stop": {"accountSid": self.account_sid, "callSid": call_sid},
-                        "streamSid": result.stream_sid,
-                    }
-                )
-                await self.ws.close()
+                await self._hang_up(call_sid, receiver)
         except ConnectionClosed as exc:
             logger.info("Server closed the media stream: {}", exc)
             result.ended_by = "server"
@@ -914,6 +993,7 @@ async def run_call(
     max_call_s: float = 120.0,
     ws_url_override: str | None = None,
     behaviour: CallerBehaviour | None = None,
+    call_sid: str | None = None,
 ) -> CallResult:
     """Place one simulated inbound Twilio call against an agent server.
 
@@ -933,6 +1013,7 @@ async def run_call(
         ws_url_override: Connect here instead of the TwiML's ``<Stream url>``
             (the signature still covers the TwiML URL, as Twilio would).
         behaviour: Barge-in, echo, backchannel and level options; polite by default.
+        call_sid: The call SID to use (``CA`` + 32 hex); a fresh one by default.
 
     Returns:
         The call's :class:`CallResult`.
@@ -943,7 +1024,7 @@ async def run_call(
         ValueError: No speech found in the WAV.
     """
     pcm, spans = _caller_speech(wav_path, min_gap_ms, behaviour)
-    call_sid, account_sid, stream_sid = _sid("CA"), _sid("AC"), _sid("MZ")
+    call_sid, account_sid, stream_sid = call_sid or _sid("CA"), _sid("AC"), _sid("MZ")
     params = _webhook_params(call_sid, account_sid, from_number, to_number)
     response = await post_twilio_request(
         server_url, WEBHOOK_PATH, params, auth_token=auth_token, public_base_url=public_base_url

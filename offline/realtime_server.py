@@ -298,12 +298,15 @@ class _Call:
         self.booking: BookingScript | None = None  # the booking scenario, when tools allow
         self.responses = 0  # responses started: text items before the first are context
         self.replayed_replies = 0  # agent replies in a conversation replayed on reconnect
+        self.stalled = False  # fault injection: alive but silent (see stall_connections)
         self._configure_turn_detection()
 
     # -- plumbing ------------------------------------------------------------
 
     async def send(self, event_type: str, **fields: Any) -> None:
-        """Send one server event."""
+        """Send one server event (never, once stalled)."""
+        if self.stalled:
+            await asyncio.Event().wait()  # hangs until the connection's tasks are cancelled
         await self.ws.send(json.dumps({"event_id": _new_id("event"), "type": event_type, **fields}))
 
     async def run(self) -> None:
@@ -318,6 +321,8 @@ class _Call:
             await self._stop_reply(reason=None)
 
     async def _dispatch(self, message: str | bytes) -> None:
+        if self.stalled:
+            return
         try:
             event = json.loads(message)
             event_type = event["type"]
@@ -776,6 +781,7 @@ class OfflineRealtimeServer:
         self._log = ReceivedLog(self.received)
         self._lines: dict[str, bytes] = {}
         self._server: Server | None = None
+        self._calls: set[_Call] = set()
 
     @property
     def url(self) -> str:
@@ -829,6 +835,20 @@ class OfflineRealtimeServer:
             connection.transport.abort()
         return len(connections)
 
+    def stall_connections(self) -> int:
+        """Fault injection: every call connected now goes silent, socket open.
+
+        The connections stay up (pings are still answered by the WebSocket layer) but
+        no event is sent and client events are ignored, as a hung model would behave.
+        New connections are served normally.
+
+        Returns:
+            How many connections were stalled.
+        """
+        for call in self._calls:
+            call.stalled = True
+        return len(self._calls)
+
     async def __aenter__(self) -> "OfflineRealtimeServer":
         """Start the server for an ``async with`` block."""
         await self.start()
@@ -848,7 +868,12 @@ class OfflineRealtimeServer:
         model = query.get("model", ["offline"])[0]
         logger.info(f"Call connected from {ws.remote_address} (model={model})")
         self._record({"type": "connection.opened", "model": model})  # a marker, not an event
-        await _Call(self, ws, model).run()
+        call = _Call(self, ws, model)
+        self._calls.add(call)
+        try:
+            await call.run()
+        finally:
+            self._calls.discard(call)
         logger.info(f"Call from {ws.remote_address} ended")
 
     def _record(self, event: dict) -> None:

@@ -73,15 +73,17 @@ def build(call: CallContext) -> list[FrameProcessor]:
     if call.control:
         call.control.watch(playout)
 
+    # Many calls share one event loop: the small per-frame processors run in direct
+    # mode (each frame handled in the pusher's task, no queue and task switch per hop).
     return [
         call.transport.input(),  # Twilio media -> 8 kHz PCM (our G.711 codec)
-        EchoCanceller(playout),  # the agent's own voice leaking back is not the caller
+        EchoCanceller(playout, enable_direct_mode=True),  # the agent's own voice leaking back is not the caller
         context_aggregators.user(),  # Silero VAD at 8 kHz: caller turns and barge-in
         DTMFToAgent(),  # keys the caller presses -> the model and the call record
-        AudioResamplerProcessor(s2s.input_sample_rate, InputAudioRawFrame),  # 8 kHz -> model
+        AudioResamplerProcessor(s2s.input_sample_rate, InputAudioRawFrame, enable_direct_mode=True),  # 8 kHz -> model
         transcript.user(),  # caller turns -> call record
         s2s.service,  # the speech-to-speech model
-        AudioResamplerProcessor(TWILIO_SAMPLE_RATE, OutputAudioRawFrame),  # model -> 8 kHz
+        AudioResamplerProcessor(TWILIO_SAMPLE_RATE, OutputAudioRawFrame, enable_direct_mode=True),  # model -> 8 kHz
         playout,  # 20 ms frames + Twilio marks; what was heard; agent turns -> call record
         call.transport.output(),  # mu-law media frames and marks to Twilio
         context_aggregators.assistant(),

@@ -80,14 +80,15 @@ def speech_to_speech(
         return _gemini(settings, agent)
     if settings.provider == "openai":
         key = settings.OPENAI_API_KEY.get_secret_value() if settings.OPENAI_API_KEY else ""
-        return _openai_realtime(playout, agent, key, settings.OPENAI_REALTIME_BASE_URL)
+        return _openai_realtime(playout, agent, key, settings.OPENAI_REALTIME_BASE_URL,
+                                settings.MODEL_STALL_SECS)
     if not local_agent_url:
         raise ValueError("provider 'local' needs the offline agent's URL")
-    return _openai_realtime(playout, agent, "offline", local_agent_url)
+    return _openai_realtime(playout, agent, "offline", local_agent_url, settings.MODEL_STALL_SECS)
 
 
 def _openai_realtime(
-    playout: PlayoutTracker, agent: AgentConfig, api_key: str, base_url: str
+    playout: PlayoutTracker, agent: AgentConfig, api_key: str, base_url: str, stall_secs: float
 ) -> SpeechToSpeech:
     turn_detection = events.TurnDetection() if agent.turn_detection == "server" else False
     session = events.SessionProperties(
@@ -104,6 +105,7 @@ def _openai_realtime(
     )
     service = PlayoutAwareOpenAIRealtimeLLMService(
         playout=playout,
+        stall_secs=stall_secs,
         api_key=api_key,
         base_url=base_url,
         settings=OpenAIRealtimeLLMService.Settings(

@@ -207,7 +207,7 @@ class PlayoutTracker(FrameProcessor):
             if cut_off:
                 await self._call_event_handler("on_reply_finished", cut_off)
         elif isinstance(frame, (EndFrame, CancelFrame)):
-            await self._finish_unheard()
+            await self._finish_unheard(hung_up=isinstance(frame, CancelFrame))
             await self.push_frame(frame, direction)
         else:
             await self.push_frame(frame, direction)
@@ -286,9 +286,16 @@ class PlayoutTracker(FrameProcessor):
             reply.ended_at = utc_now()
             await self._call_event_handler("on_reply_finished", reply)
 
-    async def _finish_unheard(self) -> None:
-        """Report a reply that will never finish playing (a new one began, or the call ended)."""
+    async def _finish_unheard(self, *, hung_up: bool = False) -> None:
+        """Report a reply that will never finish playing (a new one began, or the call ended).
+
+        Args:
+            hung_up: The call was cancelled (the caller hung up): a reply still playing
+                was cut off, and only what played of it was heard.
+        """
         reply = self._reply
         if reply and reply.ended_at is None and reply.sent_ms:
+            if hung_up and reply.playing:
+                reply.interrupted = True
             reply.ended_at = utc_now()
             await self._call_event_handler("on_reply_finished", reply)

@@ -108,6 +108,25 @@ class StreamResampler:
         if not self._up:
             self._offset = 0
 
+    def process_float(self, pcm: bytes) -> np.ndarray:
+        """Like :meth:`process`, but the samples as float64 at full scale 32768, unrounded.
+
+        For a consumer that wants floats anyway (Silero VAD): skips the round trip
+        through 16-bit PCM.
+        """
+        x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+        if self._factor == 1 or not len(x):
+            return x
+        signal = np.concatenate((self._history, x))
+        self._history = signal[len(signal) - len(self._history) :]
+        if self._up:
+            windows = np.lib.stride_tricks.sliding_window_view(signal, self._phases.shape[1])
+            return (windows @ self._phases.T).reshape(-1)
+        windows = np.lib.stride_tricks.sliding_window_view(signal, len(self._taps))
+        kept = windows[self._offset :: self._factor]
+        self._offset = (self._offset - len(x)) % self._factor
+        return kept @ self._taps
+
     def process(self, pcm: bytes) -> bytes:
         """Resample the next piece of the stream.
 
@@ -121,19 +140,7 @@ class StreamResampler:
         """
         if self._factor == 1:
             return pcm
-        x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-        if not len(x):
-            return b""
-        signal = np.concatenate((self._history, x))
-        self._history = signal[len(signal) - len(self._history) :]
-        if self._up:
-            windows = np.lib.stride_tricks.sliding_window_view(signal, self._phases.shape[1])
-            y = (windows @ self._phases.T).reshape(-1)
-        else:
-            windows = np.lib.stride_tricks.sliding_window_view(signal, len(self._taps))
-            kept = windows[self._offset :: self._factor]
-            self._offset = (self._offset - len(x)) % self._factor
-            y = kept @ self._taps
+        y = self.process_float(pcm)
         return np.clip(np.rint(y), -32768, 32767).astype("<i2").tobytes()
 
 

@@ -15,8 +15,8 @@ Inbound ``stop`` (the caller hung up) becomes a ``CancelWorkerFrame`` with the r
 more, so nothing queued needs to play. Inbound ``mark`` becomes an
 :class:`InputTransportMessageFrame` carrying the message.
 
-Malformed input (bad JSON, bad base64, an odd-sized payload, unknown events) is
-logged and dropped: it never raises, because an exception here would end the
+Malformed input (bad JSON, bad base64, an odd-sized payload, a payload over
+:data:`MAX_MEDIA_BYTES`, unknown events) is logged and dropped: it never raises, because an exception here would end the
 transport's receive loop and with it the call.
 
 Protocol source: https://www.twilio.com/docs/voice/media-streams/websocket-messages
@@ -36,18 +36,23 @@ from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
     InputTransportMessageFrame,
+    InterruptionFrame,
 )
 from pipecat.serializers.twilio import TwilioFrameSerializer
 
+from diagnostics import CALL_PROBE
 from processors.g711 import ulaw_decode, ulaw_encode
 from processors.resampler import StreamResampler
 
-__all__ = ["CALLER_HUNG_UP", "TWILIO_SAMPLE_RATE", "TwilioMediaSerializer"]
+__all__ = ["CALLER_HUNG_UP", "MAX_MEDIA_BYTES", "TWILIO_SAMPLE_RATE", "TwilioMediaSerializer"]
 
 #: Twilio Media Streams audio: audio/x-mulaw, 8000 Hz, mono.
 TWILIO_SAMPLE_RATE = 8000
 #: End reason recorded when Twilio reports the caller hung up (``stop`` or socket close).
 CALLER_HUNG_UP = "caller_hung_up"
+#: Largest ``media`` payload taken, in mu-law bytes: 1 s of audio. Twilio sends 20 ms
+#: (160 bytes) per message; anything far larger is not Twilio and would stall the call.
+MAX_MEDIA_BYTES = TWILIO_SAMPLE_RATE
 
 
 class TwilioMediaSerializer(TwilioFrameSerializer):
@@ -85,6 +90,8 @@ class TwilioMediaSerializer(TwilioFrameSerializer):
             Twilio equivalent.
         """
         if not isinstance(frame, AudioRawFrame):
+            if isinstance(frame, InterruptionFrame) and (probe := CALL_PROBE.get()):
+                probe.cleared()
             return await super().serialize(frame)
         pcm = frame.audio
         if frame.sample_rate != TWILIO_SAMPLE_RATE:
@@ -100,6 +107,8 @@ class TwilioMediaSerializer(TwilioFrameSerializer):
         if len(pcm) < 2:
             return None
         payload = base64.b64encode(ulaw_encode(pcm[: len(pcm) & ~1])).decode("ascii")
+        if probe := CALL_PROBE.get():
+            probe.media_sent()
         return json.dumps(
             {"event": "media", "streamSid": self._stream_sid, "media": {"payload": payload}}
         )
@@ -127,6 +136,8 @@ class TwilioMediaSerializer(TwilioFrameSerializer):
         if event == "media":
             return self._media_frame(message)
         if event == "stop":
+            if probe := CALL_PROBE.get():
+                probe.hung_up()
             return CancelWorkerFrame(reason=CALLER_HUNG_UP)
         if event == "mark":
             return InputTransportMessageFrame(message=message)
@@ -146,11 +157,19 @@ class TwilioMediaSerializer(TwilioFrameSerializer):
         if not isinstance(payload, str) or not payload:
             logger.warning(f"{self}: ignoring a media message without a payload")
             return None
+        if len(payload) > (MAX_MEDIA_BYTES + 2) // 3 * 4:  # too long to decode at all
+            logger.warning(f"{self}: ignoring a media message of {len(payload)} base64 characters")
+            return None
         try:
             ulaw = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
             logger.warning(f"{self}: ignoring a media message with bad base64")
             return None
+        if len(ulaw) > MAX_MEDIA_BYTES:
+            logger.warning(f"{self}: ignoring a media message of {len(ulaw)} bytes (over 1 s)")
+            return None
+        if probe := CALL_PROBE.get():
+            probe.caller_audio(len(ulaw) / TWILIO_SAMPLE_RATE)
         return InputAudioRawFrame(
             audio=ulaw_decode(ulaw), sample_rate=TWILIO_SAMPLE_RATE, num_channels=1
         )

@@ -10,32 +10,115 @@ The analyzer keeps the pipeline's 8 kHz rate for everything Pipecat computes (wi
 counts, start and stop times, volume); only the model sees 16 kHz. It is Pipecat's
 :class:`~pipecat.audio.vad.silero.SileroVADAnalyzer` (its ONNX model ships in the
 pipecat wheel) with the upsampling in front of the model.
+
+Many calls, one model: Pipecat's analyzer loads its own ONNX session (about 2 MB of
+weights plus the runtime's arenas) and starts its own model thread for every call.
+Here every call of the process shares one :class:`onnxruntime.InferenceSession`
+(``run()`` is thread-safe; onnxruntime.ai/docs/api/python "Thread safety") and a
+small thread pool (:data:`VAD_THREADS`), and keeps only its own recurrent state
+(the ``state`` tensor and the 64-sample context). A call's windows are still scored
+one after another, in order: each ``analyze_audio`` awaits its result before the
+pipeline hands it the next frame.
+
+A 20 ms frame that completes no 32 ms window (about one in three) is buffered on the
+event loop, without a thread hop.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
 
-from pipecat.audio.vad.silero import SileroVADAnalyzer
+import numpy as np
+import onnxruntime
+
+from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
 
 from processors.resampler import StreamResampler
 
-__all__ = ["PhoneSileroVADAnalyzer"]
+__all__ = ["VAD_THREADS", "PhoneSileroVADAnalyzer", "shared_silero_session"]
 
 _MODEL_RATE = 16000  # Hz
 _MODEL_WINDOW = 512  # samples at 16 kHz: 32 ms, Silero's window at that rate
+#: Threads scoring VAD windows for all the calls of a process (not one per call).
+VAD_THREADS = 2
+
+_lock = threading.Lock()
+_session: onnxruntime.InferenceSession | None = None
+_executor: ThreadPoolExecutor | None = None
+
+
+def shared_silero_session() -> onnxruntime.InferenceSession:
+    """The process's one Silero VAD ONNX session (the model shipped in the pipecat wheel).
+
+    Created on first use, on the CPU, one intra-op and one inter-op thread (the same
+    options as Pipecat's per-call session).
+
+    Returns:
+        The shared session; its ``run()`` may be called from several threads at once.
+    """
+    global _session
+    with _lock:
+        if _session is None:
+            options = onnxruntime.SessionOptions()
+            options.inter_op_num_threads = 1
+            options.intra_op_num_threads = 1
+            path = resources.files("pipecat.audio.vad.data").joinpath("silero_vad.onnx")
+            _session = onnxruntime.InferenceSession(
+                str(path), providers=["CPUExecutionProvider"], sess_options=options
+            )
+        return _session
+
+
+def _shared_executor() -> ThreadPoolExecutor:
+    global _executor
+    with _lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=VAD_THREADS, thread_name_prefix="silero-vad")
+        return _executor
+
+
+class _CallSileroState(SileroOnnxModel):
+    """One call's Silero state (``state`` tensor, context) on the shared session."""
+
+    def __init__(self, session: onnxruntime.InferenceSession):  # no super(): no own session
+        self.session = session
+        self.sample_rates = [8000, 16000]
+        self.reset_states()
 
 
 class PhoneSileroVADAnalyzer(SileroVADAnalyzer):
     """Silero VAD whose 16 kHz model runs on 8 kHz (or 16 kHz) input.
 
     Args:
-        **kwargs: Passed to :class:`SileroVADAnalyzer` (``params``, ``sample_rate``).
+        sample_rate: The input rate in Hz (8000 or 16000), or None to be set later.
+        params: VAD thresholds and timings.
     """
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, *, sample_rate: int | None = None, params: VADParams | None = None):
+        # SileroVADAnalyzer.__init__ would load a session of its own: take the shared one.
+        VADAnalyzer.__init__(self, sample_rate=sample_rate, params=params)
+        self._model = _CallSileroState(shared_silero_session())
+        self._windows_since_reset = 0
+        self._low_confidence_windows = 0
         self._upsampler: StreamResampler | None = None
+
+    async def analyze_audio(self, buffer: bytes) -> VADState:
+        """Score ``buffer`` (16-bit PCM at the input rate) on the shared thread pool.
+
+        Args:
+            buffer: Audio to analyze, any length (windows are cut by Pipecat's logic).
+
+        Returns:
+            The VAD state after this audio.
+        """
+        if len(self._vad_buffer) + len(buffer) < self._vad_frames_num_bytes:
+            return self._run_analyzer(buffer)  # no window to score: no thread hop
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_shared_executor(), self._run_analyzer, buffer)
 
     def set_sample_rate(self, sample_rate: int):
         """Set the input rate (8000 or 16000 Hz).
@@ -64,8 +147,9 @@ class PhoneSileroVADAnalyzer(SileroVADAnalyzer):
             Confidence between 0.0 and 1.0 (0 on a malformed window, logged by Pipecat).
         """
         if self._upsampler is not None:
-            buffer = self._upsampler.process(bytes(buffer))
-        audio = np.frombuffer(buffer, np.int16).astype(np.float32) / 32768.0
+            audio = (self._upsampler.process_float(bytes(buffer)) / 32768.0).astype(np.float32)
+        else:
+            audio = np.frombuffer(buffer, np.int16).astype(np.float32) / 32768.0
         if len(audio) != _MODEL_WINDOW:
             return 0.0
         confidence = self._model(audio, _MODEL_RATE)[0]

@@ -475,3 +475,19 @@ def test_cli_prints_turns_and_summary(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "assistant: Hello from the fake agent" in out
     assert "Utterances answered: 1/1" in out
     assert (tmp_path / "heard.wav").exists()
+
+
+def test_playout_gaps_are_the_silences_late_audio_leaves_inside_agent_speech():
+    from offline.caller import playout_gaps
+
+    on_time = [(0.02 * i, 1) for i in range(50)]
+    assert playout_gaps(on_time) == []
+    # Sent ahead in a burst: the buffer absorbs it.
+    assert playout_gaps([(0.001 * i, 1) for i in range(50)]) == []
+    # A 100 ms stall after frame 10: the listener hears ~80 ms of silence (20 ms buffer).
+    stalled = [(0.02 * i + (0.1 if i > 10 else 0), 1) for i in range(50)]
+    gaps = playout_gaps(stalled)
+    assert len(gaps) == 1 and abs(gaps[0] - 80) < 1
+    # The caller talking between two replies is a new phase, not a gap.
+    two_replies = on_time + [(5 + 0.02 * i, 2) for i in range(50)]
+    assert playout_gaps(two_replies) == []

@@ -62,3 +62,33 @@ def test_noise_and_silence_are_not_speech():
     noise = (rng.standard_normal(8000 * 3) * 32768 * 10 ** (-40 / 20)).astype(np.int16)
     for pcm in (noise, np.zeros(8000 * 3, dtype=np.int16)):
         assert _speaking_at(PhoneSileroVADAnalyzer(params=VADParams(**PARAMS)), _phone_line(pcm)) is None
+
+
+def test_calls_share_the_model_but_not_its_state_nor_a_thread_each(utterances):
+    """Twenty calls scored interleaved hear exactly what each would alone, on few threads."""
+    import threading
+
+    speech, silence = _phone_line(utterances[1]), _phone_line(np.zeros(8000 * 2, dtype=np.int16))
+    alone = _speaking_at(PhoneSileroVADAnalyzer(params=VADParams(**PARAMS)), speech)
+    assert alone is not None
+    calls = [PhoneSileroVADAnalyzer(params=VADParams(**PARAMS)) for _ in range(20)]
+    lines = [speech if i % 2 == 0 else silence for i in range(20)]
+    threads_before = threading.active_count()
+
+    async def interleaved():
+        started: list[float | None] = [None] * len(calls)
+        for call in calls:
+            call.set_sample_rate(8000)
+        for i in range(0, len(speech), 320):
+            states = await asyncio.gather(
+                *(call.analyze_audio(line[i : i + 320]) for call, line in zip(calls, lines))
+            )
+            for n, state in enumerate(states):
+                if state == VADState.SPEAKING and started[n] is None:
+                    started[n] = i / 16000
+        return started
+
+    started = asyncio.run(interleaved())
+    assert started[0::2] == [alone] * 10  # each speaking call, as if it were alone
+    assert started[1::2] == [None] * 10  # and the silent ones never speak
+    assert threading.active_count() - threads_before <= 2  # a shared pool, not 20 threads

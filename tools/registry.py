@@ -399,12 +399,20 @@ class ToolRegistry:
 
         logger.debug(f"tool {name} called with {args_dict}")
         slow_task = _start_slow_timer(spec, args_dict, on_slow)
+        # The tool runs in its own task so that its deadline holds even when its clean-up
+        # after cancellation blocks (e.g. a database driver's thread stuck on a lock):
+        # the outcome is given, and recorded, on time; the task is left to wind down.
+        task = asyncio.ensure_future(spec.fn(ctx, args))
         try:
-            async with asyncio.timeout(spec.timeout_s):
-                raw = await spec.fn(ctx, args)
+            raw = await asyncio.wait_for(asyncio.shield(task), spec.timeout_s)
             return done(result=_as_result(raw))
         except TimeoutError:
+            task.cancel()
+            task.add_done_callback(_retrieve_late_outcome)
             return done(error=error_payload("timeout", f"{name} did not answer within {spec.timeout_s:g} s."))
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
         except ToolError as e:
             return done(error=error_payload(e.type, e.message, **to_jsonable_python(e.extra)))
         except Exception as e:
@@ -583,3 +591,9 @@ def _start_slow_timer(spec: ToolSpec, args: dict[str, Any], on_slow: SlowHook | 
 
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
+
+
+def _retrieve_late_outcome(task: asyncio.Future) -> None:
+    """Log what a tool that ran past its deadline ended with (nothing is waiting for it)."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning(f"a tool past its deadline ended with {type(task.exception()).__name__}")
