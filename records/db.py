@@ -75,7 +75,10 @@ def records_url(
 def create_engine(url: str, **kwargs) -> AsyncEngine:
     """Create an async engine for the call records.
 
-    SQLite connections get WAL mode (readers never wait for the writer),
+    A SQLite database gets one pooled connection (``pool_size=1``): SQLite takes one
+    writer at a time anyway, each write is a short transaction, and aiosqlite runs a
+    thread per connection, so one connection keeps the process's thread count fixed
+    however many calls write at once. Its connections get WAL mode,
     ``synchronous=NORMAL`` (a commit survives a process crash; a power cut may lose the
     last ones), foreign keys on, and a busy timeout of :data:`SQLITE_BUSY_TIMEOUT_S`.
 
@@ -91,6 +94,9 @@ def create_engine(url: str, **kwargs) -> AsyncEngine:
     """
     if url.startswith("sqlite"):
         kwargs.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_S})
+        if "poolclass" not in kwargs:
+            kwargs.setdefault("pool_size", 1)
+            kwargs.setdefault("max_overflow", 0)
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

@@ -45,5 +45,5 @@ async def test_twenty_calls_leave_no_tasks_or_threads_behind(tmp_path):
 
     assert after["calls_ended"] - before["calls_ended"] == 20
     assert after["tasks"] == before["tasks"], (before, after)
-    assert after["thread_names"] == before["thread_names"], (before, after)
+    assert after["thread_names"] == before["thread_names"], (before["thread_names"], after["thread_names"])
     assert after["teardown_ms"]["n"] == 22  # every call's end was seen after its hang-up
