@@ -12,6 +12,7 @@ from loguru import logger
 
 from agent_settings import AgentSettings
 from config import Settings
+from pipelines.cascade_services import CascadeSettings
 from processors.twilio_serializer import TWILIO_SAMPLE_RATE
 from records import CallStore
 from tools.registry import ToolRegistry
@@ -33,6 +34,9 @@ class Resources:
         booking: The booking store (:class:`booking.store.BookingStore`), or None.
         tools: The tool registry every call's agent may use.
         local_agent_url: The offline agent's URL (provider ``local``), or None.
+        cascade: The cascade graph's settings.
+        local_openai_url: The offline OpenAI HTTP server's ``base_url`` (the cascade
+            without ``OPENAI_API_KEY``), or None.
         apology_pcm: ``APOLOGY_TEXT`` as 16-bit PCM at 8000 Hz, or None without espeak-ng.
         ack_pcm: ``agent.TOOL_ACK_TEXT`` as 16-bit PCM at 8000 Hz, or None.
     """
@@ -43,9 +47,12 @@ class Resources:
     booking: object | None = None
     tools: ToolRegistry | None = None
     local_agent_url: str | None = None
+    cascade: object | None = None
+    local_openai_url: str | None = None
     apology_pcm: bytes | None = None
     ack_pcm: bytes | None = None
     _local_agent: object | None = None
+    _local_openai: object | None = None
 
     @classmethod
     async def start(cls, settings: Settings) -> "Resources":
@@ -70,6 +77,17 @@ class Resources:
             resources._local_agent = agent
             resources.local_agent_url = agent.url
             logger.info(f"offline agent listening at {agent.url}")
+        resources.cascade = CascadeSettings()
+        if not settings.OPENAI_API_KEY:
+            from offline.openai_server import OfflineOpenAIServer
+
+            server = OfflineOpenAIServer(
+                response_delay_ms=settings.LOCAL_AGENT_DELAY_MS,
+                event_log=resources.cascade.LOCAL_OPENAI_EVENT_LOG,
+            )
+            await server.start()
+            resources._local_openai = server
+            resources.local_openai_url = server.url
         resources.agent = AgentSettings()
         resources.booking, resources.tools = await _start_tools(resources.agent)
         resources.apology_pcm = await _render(APOLOGY_TEXT)
@@ -77,9 +95,11 @@ class Resources:
         return resources
 
     async def stop(self) -> None:
-        """Stop the offline agent and close the stores."""
+        """Stop the offline servers and close the stores."""
         if self._local_agent is not None:
             await self._local_agent.stop()
+        if self._local_openai is not None:
+            await self._local_openai.stop()
         if self.booking is not None:
             await self.booking.close()
         self.store.close()
