@@ -134,6 +134,12 @@ def heard_text(text: str, played_ms: float, total_ms: float) -> str:
     return text[:cut].strip()
 
 
+def _unspaced(text: str) -> bool:
+    """Whether text ends in Japanese (kana, kanji, or its full stop): the next sentence
+    follows without a space, as Japanese is written."""
+    return bool(text) and ("\u3000" <= text[-1] <= "\u30ff" or "\u4e00" <= text[-1] <= "\u9fff")
+
+
 class PlayoutTracker(FrameProcessor):
     """Sends Twilio marks after the agent's audio and tracks what the caller heard.
 
@@ -189,7 +195,7 @@ class PlayoutTracker(FrameProcessor):
         elif isinstance(frame, TTSTextFrame):
             if not self._dropping:
                 reply = self._current(frame)
-                spacer = "" if frame.includes_inter_frame_spaces else " "
+                spacer = "" if frame.includes_inter_frame_spaces or _unspaced(reply.generated_text) else " "
                 reply.generated_text += (spacer if reply.generated_text else "") + frame.text
                 await self.push_frame(frame, direction)
         elif isinstance(frame, TTSStoppedFrame):
