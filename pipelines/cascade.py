@@ -86,7 +86,8 @@ def build(call: CallContext) -> list[FrameProcessor]:
         services.stt,  # each caller utterance (cut by the VAD) -> text
         transcript.user(),  # caller turns -> call record
         context_aggregators.user(),  # Silero VAD + smart-turn: caller turns and barge-in
-        DTMFToAgent(),  # keys the caller presses -> the LLM and the call record
+        DTMFToAgent(),  # keys the caller presses -> the LLM
+        transcript.keys(),  # keys pressed -> call record
         services.llm,  # OpenAI chat completions, streamed; tools
         services.tts,  # each sentence -> 24 kHz speech
         AudioResamplerProcessor(TWILIO_SAMPLE_RATE, OutputAudioRawFrame),  # 24 kHz -> 8 kHz

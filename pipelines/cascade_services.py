@@ -155,8 +155,10 @@ def cascade_services(
 
 
 def _google_credentials(cascade: CascadeSettings) -> dict[str, str]:
-    if cascade.GOOGLE_CLOUD_CREDENTIALS:
-        return {"credentials": cascade.GOOGLE_CLOUD_CREDENTIALS.get_secret_value()}
+    """Pipecat's credential arguments: the JSON text, else the file, else none (ADC)."""
+    text = cascade.GOOGLE_CLOUD_CREDENTIALS.get_secret_value() if cascade.GOOGLE_CLOUD_CREDENTIALS else ""
+    if text:
+        return {"credentials": text}
     if cascade.GOOGLE_CLOUD_CREDENTIALS_PATH:
         return {"credentials_path": cascade.GOOGLE_CLOUD_CREDENTIALS_PATH}
     return {}

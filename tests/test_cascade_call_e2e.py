@@ -177,3 +177,21 @@ async def test_a_call_asking_for_an_unknown_graph_is_refused_and_recorded(realti
     assert result.greeting_ms is None
     assert record["end_reason"] == "unknown_graph"
     assert "no graph 'no-such-graph'" in log.read_text()
+
+
+@pytest.mark.asyncio
+async def test_keys_the_caller_presses_reach_the_cascades_llm_and_the_record(realtime_server):
+    url, events, _ = realtime_server
+    result = await run_call(
+        url, str(AUDIO / "jfk_8k.wav"), auth_token=TOKEN, max_call_s=60, graph="cascade",
+        behaviour=CallerBehaviour(dtmf_after_greeting="42#"),
+    )
+    record = await _record(url, result.call_sid)
+    assert result.dtmf_sent_at is not None and result.dtmf_answered_at is not None
+    pressed = [t for t in record["turns"] if t["role"] == "user" and "pressed" in t["text"]]
+    assert [t["text"] for t in pressed] == ["[caller pressed 4 2 #]"]
+    # The LLM was asked with the keys in the conversation, and answered them.
+    asked = [c for c in _requests(events, "/v1/chat/completions")
+             if any("pressed these phone keys: 4 2 #" in str(m.get("content")) for m in c["messages"])]
+    assert asked and asked[0]["answer"] == "get_caller_context"
+    assert record["tool_calls"][0]["name"] == "get_caller_context"
