@@ -49,6 +49,9 @@ def run(calls: int = 2, modes: list[str] | None = None) -> dict[str, list[float]
         with tempfile.TemporaryDirectory() as tmp, server_process(Path(tmp), **env) as (url, _):
             for _ in range(calls):
                 result = asyncio.run(run_call(url, str(AUDIO / "jfk_8k.wav"), max_call_s=90))
+                graph = result.parameters.get("graph")
+                if graph != env.get("GRAPH", "realtime"):
+                    raise RuntimeError(f"{mode}: the server ran the {graph!r} graph")
                 delays += [u["reply_delay_ms"] for u in result.utterances if u["replied"]]
         results[mode] = delays
     return results
