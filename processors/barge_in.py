@@ -124,12 +124,13 @@ def heard_text(text: str, played_ms: float, total_ms: float) -> str:
         total_ms: Audio generated, in ms.
 
     Returns:
-        The words wholly within the played share (possibly empty).
+        The words wholly within the played share (possibly empty); Japanese, written
+        without spaces, is cut at the character.
     """
     if total_ms <= 0 or played_ms >= total_ms:
         return text.strip()
     cut = int(len(text) * max(played_ms, 0) / total_ms)
-    if cut < len(text) and not text[cut].isspace():
+    if cut < len(text) and not text[cut].isspace() and not _unspaced(text[:cut]):
         cut = text.rfind(" ", 0, cut) + 1 if " " in text[:cut] else 0
     return text[:cut].strip()
 

@@ -21,7 +21,7 @@ from booking.store import BookingStore
 from offline.caller import CallerBehaviour, run_call
 from offline.openai_server import GREETING_JA
 from offline.realtime_server import GREETING
-from tests.support import ACCOUNT_SID, AUDIO, TOKEN, running_server, trimmed_wav
+from tests.support import ACCOUNT_SID, AUDIO, TOKEN, free_port, running_server, speech_fraction, trimmed_wav
 
 DIALLED_JA = "+15559870003"
 
@@ -195,3 +195,18 @@ async def test_keys_the_caller_presses_reach_the_cascades_llm_and_the_record(rea
              if any("pressed these phone keys: 4 2 #" in str(m.get("content")) for m in c["messages"])]
     assert asked and asked[0]["answer"] == "get_caller_context"
     assert record["tool_calls"][0]["name"] == "get_caller_context"
+
+
+@pytest.mark.asyncio
+async def test_an_unreachable_cascade_provider_gets_a_spoken_apology_and_a_record(tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    with running_server(
+        tmp_path, GRAPH="cascade", OPENAI_API_KEY="sk-test", OPENAI_BASE_URL=dead,
+        AGENT_PROVIDER="openai",
+    ) as (url, _):
+        result = await run_call(url, str(AUDIO / "jfk_8k.wav"), auth_token=TOKEN, reply_timeout_s=6, max_call_s=40)
+        record = await _record(url, result.call_sid)
+    assert result.greeting_ms is not None and speech_fraction(result.heard_pcm) > 0.2
+    assert result.ended_by == "server"
+    assert record["end_reason"] == "model_error"
+    assert "sorry" in record["turns"][0]["text"]
