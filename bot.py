@@ -154,8 +154,10 @@ async def run_bot(
     )
     processors = GRAPHS[graph](call)
     model = next((p for p in processors if isinstance(p, LLMService)), None)
-    services = (STTService, LLMService, TTSService)
-    cascade_services = [p for p in processors if isinstance(p, services)] if graph == "cascade" else []
+    # A graph with its own speech-to-text / text-to-speech (the cascade): those and its LLM.
+    cascade_services = [p for p in processors if isinstance(p, (STTService, TTSService))]
+    if cascade_services and model is not None:
+        cascade_services.append(model)
     worker = PipelineWorker(
         Pipeline(processors),
         params=PipelineParams(
