@@ -93,29 +93,14 @@ class CallControl:
             pcm: 16-bit PCM at 8000 Hz (nothing is played if None).
             text: Its words, for the call record.
         """
-        if pcm:
-            await self._queue(
-                [
-                    TTSStartedFrame(),
-                    TTSTextFrame(text, text_type=TextType.SENTENCE),
-                    TTSAudioRawFrame(pcm, TWILIO_SAMPLE_RATE, 1),
-                    TTSStoppedFrame(),
-                ]
+        if pcm and self._worker:
+            # The words pass any text-to-speech service untouched (skip_tts): they are
+            # already spoken.
+            words = TTSTextFrame(text, text_type=TextType.SENTENCE)
+            words.skip_tts = True
+            await self._worker.queue_frames(
+                [TTSStartedFrame(), words, TTSAudioRawFrame(pcm, TWILIO_SAMPLE_RATE, 1), TTSStoppedFrame()]
             )
-
-    async def _queue(self, frames: list) -> None:
-        """Queue frames for the caller: into the playout tracker when it is known.
-
-        The speech is already 8 kHz audio with its text, so it joins the call where the
-        agent's audio does, whatever the graph: processors before the tracker (a
-        text-to-speech service would take ``TTSTextFrame`` for text to speak) never see
-        it. Without a tracker, at the start of the pipeline.
-        """
-        if self._playout is not None:
-            for frame in frames:
-                await self._playout.queue_frame(frame)
-        elif self._worker:
-            await self._worker.queue_frames(frames)
 
     async def end_after_playout(self, reason: str, pcm: bytes | None = None, text: str = "") -> None:
         """Say ``pcm`` (if any), then end the call once Twilio has played everything.
@@ -128,7 +113,8 @@ class CallControl:
         self.end_reason(reason)
         await self.say(pcm, text)
         mark = {"event": "mark", "streamSid": self._stream_sid, "mark": {"name": END_OF_CALL_MARK}}
-        await self._queue([OutputTransportMessageFrame(message=mark)])
+        if self._worker:
+            await self._worker.queue_frame(OutputTransportMessageFrame(message=mark))
         wait = len(pcm or b"") / (2 * TWILIO_SAMPLE_RATE) + END_OF_CALL_GRACE_SECS
         self._timers.append(asyncio.create_task(self._end_later(wait, reason)))
 
