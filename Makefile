@@ -13,6 +13,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 WAV ?= ../shared/audio/jfk_8k.wav
 NAME ?= realtime
 SERVER ?=
+GRAPH ?=
 
 .PHONY: setup run test call bench graph clean espeak-ng test-deps
 
@@ -63,15 +64,15 @@ run: setup
 test: setup test-deps
 	$(PY) -m pytest
 
-## Call a running server like Twilio would: make call WAV=../shared/audio/jfk_8k.wav [SERVER=http://127.0.0.1:8000]
+## Call a running server like Twilio would: make call WAV=../shared/audio/jfk_8k.wav [SERVER=http://127.0.0.1:8000] [GRAPH=cascade]
 call: setup
-	$(PY) -m offline.caller --wav $(WAV) $(if $(SERVER),--server $(SERVER),)
+	$(PY) -m offline.caller --wav $(WAV) $(if $(SERVER),--server $(SERVER),) $(if $(GRAPH),--graph $(GRAPH),)
 
 ## Benchmarks over loopback against the real server; prints the figures.
 bench: setup
 	$(PY) -m bench
 
-## Render a pipeline graph from the code that builds it: make graph [NAME=realtime]
+## Render a pipeline graph from the code that builds it: make graph [NAME=realtime|cascade]
 graph: setup
 	$(PY) -m pipelines.render $(NAME) --out docs/graphs/$(NAME).mmd
 	@command -v dot >/dev/null || { \

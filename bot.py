@@ -26,22 +26,27 @@ from pipecat.frames.frames import CancelFrame, ErrorFrame, LLMRunFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.services.llm_service import LLMService
+from pipecat.services.stt_service import STTService
+from pipecat.services.tts_service import TTSService
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 from pipecat.workers.runner import WorkerRunner
 
 from call_control import AGENT_ENDED, MODEL_ERROR, CallControl
 from diagnostics import new_call_probe
 from pipelines import GRAPHS, CallContext
+from pipelines.selection import chosen_graph
 from processors.twilio_serializer import CALLER_HUNG_UP, TWILIO_SAMPLE_RATE, TwilioMediaSerializer
 from resources import APOLOGY_TEXT, Resources
 from twilio_rest import complete_call
 
-__all__ = ["MAX_MODEL_RECONNECTS", "StreamStart", "run_bot"]
+__all__ = ["MAX_MODEL_RECONNECTS", "UNKNOWN_GRAPH", "StreamStart", "run_bot"]
 
 #: How many times a call reconnects a dropped model session before it apologises.
 MAX_MODEL_RECONNECTS = 3
 #: What Pipecat's GeminiLiveLLMService says when it stops reconnecting (pipecat 1.14).
 GAVE_UP = "Max consecutive failures"
+#: The end reason of a call that asked for a graph that does not exist.
+UNKNOWN_GRAPH = "unknown_graph"
 
 
 @dataclass
@@ -89,7 +94,7 @@ class StreamStart:
 
 
 async def run_bot(
-    websocket: WebSocket, start: StreamStart, resources: Resources, *, graph: str = "realtime"
+    websocket: WebSocket, start: StreamStart, resources: Resources, *, graph: str | None = None
 ) -> str:
     """Run one call's pipeline until the call ends.
 
@@ -97,22 +102,29 @@ async def run_bot(
         websocket: Twilio's media stream, already past ``connected`` and ``start``.
         start: The stream's ``start`` facts.
         resources: What the server shares across calls (settings, stores, tools).
-        graph: The name of the graph in :data:`pipelines.GRAPHS`.
+        graph: The name of the graph in :data:`pipelines.GRAPHS`; None: the call's
+            ``graph`` parameter, else ``GRAPH`` (:mod:`pipelines.selection`).
 
     Returns:
-        The end reason recorded for the call.
+        The end reason recorded for the call (``unknown_graph`` when the call asked
+        for a graph that does not exist: it is refused before any model connects).
     """
     settings, store = resources.settings, resources.store
     call_sid = start.call_sid
     probe = new_call_probe()  # None unless DIAGNOSTICS is on
+    graph = graph or chosen_graph(settings.GRAPH, start.parameters)
     await store.start_call(
         call_sid,
         stream_sid=start.stream_sid,
         account_sid=start.account_sid,
         from_number=start.parameters.get("from"),
         to_number=start.parameters.get("to"),
-        provider=settings.provider,
+        provider=settings.provider if graph == "realtime" else graph,
     )
+    if graph not in GRAPHS:
+        logger.warning(f"[{call_sid}] refused: no graph {graph!r}; the graphs are: {', '.join(sorted(GRAPHS))}")
+        await store.end_call(call_sid, UNKNOWN_GRAPH)
+        return UNKNOWN_GRAPH
     serializer = TwilioMediaSerializer(start.stream_sid, call_sid, account_sid=start.account_sid)
     transport = FastAPIWebsocketTransport(
         websocket,
@@ -138,11 +150,16 @@ async def run_bot(
         store=store,
         transport=transport,
         local_agent_url=resources.local_agent_url,
+        local_openai_url=resources.local_openai_url,
         resources=resources,
         control=control,
     )
     processors = GRAPHS[graph](call)
     model = next((p for p in processors if isinstance(p, LLMService)), None)
+    # A graph with its own speech-to-text / text-to-speech (the cascade): those and its LLM.
+    cascade_services = [p for p in processors if isinstance(p, (STTService, TTSService))]
+    if cascade_services and model is not None:
+        cascade_services.append(model)
     worker = PipelineWorker(
         Pipeline(processors),
         params=PipelineParams(
@@ -156,7 +173,7 @@ async def run_bot(
 
     @transport.event_handler("on_client_connected")
     async def on_client_connected(_transport, _websocket):
-        logger.info(f"[{call_sid}] stream {start.stream_sid} up: requesting the greeting")
+        logger.info(f"[{call_sid}] stream {start.stream_sid} up ({graph} graph): requesting the greeting")
         await worker.queue_frames([LLMRunFrame()])
 
     @transport.event_handler("on_client_disconnected")
@@ -192,6 +209,10 @@ async def run_bot(
                         return
                 finally:
                     recovery["busy"] = False
+        elif frame.processor in cascade_services:
+            # The cascade's HTTP services do not recover a failed request by themselves:
+            # a turn would go unanswered, so the caller hears the apology instead.
+            pass
         elif frame.processor.is_usable and GAVE_UP not in str(frame.error):
             # Gemini Live reconnects by itself (with its session resumption handle) and
             # reports each failed attempt; it says so when it gives up.

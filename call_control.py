@@ -94,13 +94,12 @@ class CallControl:
             text: Its words, for the call record.
         """
         if pcm and self._worker:
+            # The words pass any text-to-speech service untouched (skip_tts): they are
+            # already spoken.
+            words = TTSTextFrame(text, text_type=TextType.SENTENCE)
+            words.skip_tts = True
             await self._worker.queue_frames(
-                [
-                    TTSStartedFrame(),
-                    TTSTextFrame(text, text_type=TextType.SENTENCE),
-                    TTSAudioRawFrame(pcm, TWILIO_SAMPLE_RATE, 1),
-                    TTSStoppedFrame(),
-                ]
+                [TTSStartedFrame(), words, TTSAudioRawFrame(pcm, TWILIO_SAMPLE_RATE, 1), TTSStoppedFrame()]
             )
 
     async def end_after_playout(self, reason: str, pcm: bytes | None = None, text: str = "") -> None:

@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     VAD_CONFIDENCE: float = Field(default=0.5, gt=0, lt=1.0)
     USER_TURN_TIMEOUT_SECS: float = Field(default=0.6, gt=0, le=5.0)
 
+    # Pipeline graphs (README "Graphs"): the deployment's, and one per dialled number.
+    GRAPH: str = "realtime"
+    NUMBER_GRAPHS: dict[str, dict[str, str]] = Field(default_factory=dict)  # JSON: {"+1555...": {"graph": ...}}
+
     CALLS_DB_PATH: str = "calls.db"
     REDIS_URL: str | None = None  # live events across server processes (events.py)
     LOG_LEVEL: str = "INFO"
@@ -121,7 +125,9 @@ class Settings(BaseSettings):
                 on a non-loopback ``HOST``, ``ALLOW_UNSIGNED_WEBHOOKS=false`` without
                 a token, unsigned webhooks behind a public ``PUBLIC_BASE_URL``, a
                 ``PUBLIC_BASE_URL`` that is not an http(s) origin, or a
-                ``TWILIO_FROM_NUMBER`` that is not E.164.
+                ``TWILIO_FROM_NUMBER`` that is not E.164, an unknown ``GRAPH``, or a
+                ``NUMBER_GRAPHS`` entry with a number that is not E.164, an unknown
+                graph or an unknown setting.
         """
         if self.provider == "gemini" and not self.GOOGLE_API_KEY:
             raise ConfigError("AGENT_PROVIDER=gemini needs GOOGLE_API_KEY to be set")
@@ -153,6 +159,9 @@ class Settings(BaseSettings):
                     f"PUBLIC_BASE_URL={self.PUBLIC_BASE_URL} is reachable from the internet but "
                     "webhooks would not be signature-checked: set TWILIO_AUTH_TOKEN"
                 )
+        from pipelines.selection import check_graph_settings  # noqa: PLC0415 (pipelines import config)
+
+        check_graph_settings(self.GRAPH, self.NUMBER_GRAPHS)
         if self.TWILIO_FROM_NUMBER and not E164.fullmatch(self.TWILIO_FROM_NUMBER):
             raise ConfigError(
                 f"TWILIO_FROM_NUMBER must be an E.164 number like +15551234567, "

@@ -13,6 +13,7 @@ from loguru import logger
 from agent_settings import AgentSettings
 from config import Settings
 from events import EventBus
+from pipelines.cascade_services import CascadeSettings
 from processors.twilio_serializer import TWILIO_SAMPLE_RATE
 from records import CallStore
 from records.db import records_url
@@ -37,6 +38,9 @@ class Resources:
             their servers answer).
         mcp: One background connection per configured MCP server.
         local_agent_url: The offline agent's URL (provider ``local``), or None.
+        cascade: The cascade graph's settings.
+        local_openai_url: The offline OpenAI HTTP server's ``base_url`` (the cascade
+            without ``OPENAI_API_KEY``), or None.
         apology_pcm: ``APOLOGY_TEXT`` as 16-bit PCM at 8000 Hz, or None without espeak-ng.
         ack_pcm: ``agent.TOOL_ACK_TEXT`` as 16-bit PCM at 8000 Hz, or None.
         events: The live event bus (in-process, or through Redis with ``REDIS_URL``).
@@ -49,10 +53,13 @@ class Resources:
     tools: ToolRegistry | None = None
     mcp: list = field(default_factory=list)
     local_agent_url: str | None = None
+    cascade: object | None = None
+    local_openai_url: str | None = None
     apology_pcm: bytes | None = None
     ack_pcm: bytes | None = None
     events: EventBus | None = None
     _local_agent: object | None = None
+    _local_openai: object | None = None
 
     @classmethod
     async def start(cls, settings: Settings) -> "Resources":
@@ -84,6 +91,17 @@ class Resources:
             resources._local_agent = agent
             resources.local_agent_url = agent.url
             logger.info(f"offline agent listening at {agent.url}")
+        resources.cascade = CascadeSettings()
+        if not settings.OPENAI_API_KEY:
+            from offline.openai_server import OfflineOpenAIServer
+
+            server = OfflineOpenAIServer(
+                response_delay_ms=settings.LOCAL_AGENT_DELAY_MS,
+                event_log=resources.cascade.LOCAL_OPENAI_EVENT_LOG,
+            )
+            await server.start()
+            resources._local_openai = server
+            resources.local_openai_url = server.url
         resources.booking, resources.tools = await _start_tools(resources.agent)
         if resources.agent.MCP_SERVERS:
             from tools.mcp_tools import start_mcp_sources
@@ -94,11 +112,13 @@ class Resources:
         return resources
 
     async def stop(self) -> None:
-        """Stop the MCP connections and the offline agent; close the stores and the event bus."""
+        """Stop the MCP connections and the offline servers; close the stores and the event bus."""
         for source in self.mcp:
             await source.stop()
         if self._local_agent is not None:
             await self._local_agent.stop()
+        if self._local_openai is not None:
+            await self._local_openai.stop()
         if self.booking is not None:
             await self.booking.close()
         await self.store.close()

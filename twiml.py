@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from config import Settings
+from pipelines.selection import number_parameters
 from security import STREAM_TOKEN_PARAMETER
 
 __all__ = [
@@ -69,9 +70,12 @@ def connect_twiml(settings: Settings, form: dict[str, str], token: str | None = 
         token: The call's one-time stream token, sent as ``<Parameter name="stream_token">``.
 
     Returns:
-        ``<Response><Connect><Stream url=...><Parameter .../>...`` as XML text.
+        ``<Response><Connect><Stream url=...><Parameter .../>...`` as XML text, with
+        the call's graph (``graph``) and the dialled number's agent settings
+        (``agent_language``, ...) from ``GRAPH`` / ``NUMBER_GRAPHS``.
     """
     parameters = {name: form.get(field, "") for field, name in _CALL_PARAMETERS.items()}
+    parameters.update(number_parameters(settings.GRAPH, settings.NUMBER_GRAPHS, form.get("To")))
     if token:
         parameters[STREAM_TOKEN_PARAMETER] = token
     return _stream_response(settings, parameters)

@@ -994,6 +994,7 @@ async def run_call(
     ws_url_override: str | None = None,
     behaviour: CallerBehaviour | None = None,
     call_sid: str | None = None,
+    graph: str | None = None,
 ) -> CallResult:
     """Place one simulated inbound Twilio call against an agent server.
 
@@ -1014,6 +1015,9 @@ async def run_call(
             (the signature still covers the TwiML URL, as Twilio would).
         behaviour: Barge-in, echo, backchannel and level options; polite by default.
         call_sid: The call SID to use (``CA`` + 32 hex); a fresh one by default.
+        graph: Ask for this pipeline graph (e.g. ``cascade``): the ``start`` message's
+            ``graph`` custom parameter replaces the TwiML's (a developer's override; real
+            Twilio sends the TwiML's parameters as they are).
 
     Returns:
         The call's :class:`CallResult`.
@@ -1036,6 +1040,8 @@ async def run_call(
         )
     twiml = response.text
     stream = parse_twiml(twiml)
+    if graph:
+        stream.parameters["graph"] = graph
     logger.info("Call {} -> stream {} parameters={}", call_sid, stream.url,
                 _redacted(stream.parameters))
     result = CallResult(
@@ -1334,6 +1340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-gap-ms", type=int, default=350)
     parser.add_argument("--reply-timeout", type=float, default=10.0, help="seconds")
     parser.add_argument("--max-call", type=float, default=120.0, help="seconds")
+    parser.add_argument("--graph",
+                        help="ask for this pipeline graph (e.g. cascade) instead of the TwiML's")
     args = parser.parse_args(argv)
 
     try:
@@ -1343,7 +1351,7 @@ def main(argv: list[str] | None = None) -> int:
                 public_base_url=args.public_base_url or None, from_number=args.from_number,
                 to_number=args.to_number, out_wav=args.out, min_gap_ms=args.min_gap_ms,
                 reply_timeout_s=args.reply_timeout, max_call_s=args.max_call,
-                ws_url_override=args.ws_url,
+                ws_url_override=args.ws_url, graph=args.graph,
             )
         )
     except (CallSetupError, ValueError, OSError, httpx.HTTPError, WebSocketException) as exc:

@@ -30,6 +30,8 @@ class CallContext:
         store: The call-record store.
         transport: The call's transport (Twilio Media Streams over FastAPI's WebSocket).
         local_agent_url: WebSocket URL of the offline agent, when the provider is ``local``.
+        local_openai_url: ``base_url`` of the offline OpenAI HTTP server (the cascade's
+            services without ``OPENAI_API_KEY``).
     """
 
     call_sid: str
@@ -42,5 +44,6 @@ class CallContext:
     to_number: str | None = None
     parameters: dict[str, str] = field(default_factory=dict)
     local_agent_url: str | None = None
+    local_openai_url: str | None = None
     resources: "Resources | None" = None
     control: "CallControl | None" = None

@@ -14,36 +14,22 @@ truncation at the position the playout tracker read from Twilio's mark echoes.
 
 from __future__ import annotations
 
-from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import InputAudioRawFrame, OutputAudioRawFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import (
-    LLMContextAggregatorPair,
-    LLMUserAggregatorParams,
-)
+from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.processors.frame_processor import FrameProcessor
-from pipecat.turns.user_start.vad_user_turn_start_strategy import VADUserTurnStartStrategy
-from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import (
-    SpeechTimeoutUserTurnStopStrategy,
-)
-from pipecat.turns.user_turn_strategies import UserTurnStrategies
-
-from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
-from pipecat.turns.user_stop.turn_analyzer_user_turn_stop_strategy import (
-    TurnAnalyzerUserTurnStopStrategy,
-)
 
 from pipelines.base import CallContext
 from pipelines.call_settings import agent_config
 from pipelines.services import speech_to_speech
 from pipelines.tools import attach_tools
+from pipelines.turns import turn_taking
 from processors.barge_in import PlayoutTracker
 from processors.context_truth import HeardContext
 from processors.dtmf import DTMFToAgent
 from processors.echo import EchoCanceller
 from processors.resampler import AudioResamplerProcessor
 from processors.transcript import TranscriptLogger
-from processors.vad import PhoneSileroVADAnalyzer
 from processors.twilio_serializer import TWILIO_SAMPLE_RATE
 
 
@@ -66,7 +52,7 @@ def build(call: CallContext) -> list[FrameProcessor]:
         context.set_tools(tools.tools_schema())
     attach_tools(call, s2s.service)
     context_aggregators = LLMContextAggregatorPair(
-        context, user_params=_turn_taking(call, agent.turn_detection)
+        context, user_params=turn_taking(call.settings, agent.turn_detection)
     )
     transcript = TranscriptLogger(call.store, call.call_sid, playout)
     HeardContext(context, playout)  # the context we keep holds only what was heard
@@ -89,33 +75,3 @@ def build(call: CallContext) -> list[FrameProcessor]:
         context_aggregators.assistant(),
     ]
 
-
-def _turn_taking(call: CallContext, mode: str) -> LLMUserAggregatorParams:
-    """Who decides the caller's turns (``TURN_DETECTION``).
-
-    - ``local``: Silero VAD; the turn ends after ``USER_TURN_TIMEOUT_SECS`` of silence.
-    - ``smart``: Silero VAD; the turn ends when Pipecat's smart-turn model (its ONNX
-      ships in the pipecat wheel) judges the caller finished.
-    - ``server``: the provider's VAD; the service reports the turns.
-    """
-    if mode == "server":
-        return LLMUserAggregatorParams()
-    settings = call.settings
-    vad = PhoneSileroVADAnalyzer(
-        params=VADParams(
-            confidence=settings.VAD_CONFIDENCE,
-            start_secs=settings.BARGE_IN_MIN_SECS,
-            stop_secs=settings.VAD_STOP_SECS,
-            min_volume=settings.VAD_MIN_VOLUME,
-        )
-    )
-    if mode == "smart":
-        stop = TurnAnalyzerUserTurnStopStrategy(
-            turn_analyzer=LocalSmartTurnAnalyzerV3(), wait_for_transcript=False
-        )
-    else:
-        stop = SpeechTimeoutUserTurnStopStrategy(
-            user_speech_timeout=settings.USER_TURN_TIMEOUT_SECS, wait_for_transcript=False
-        )
-    turns = UserTurnStrategies(start=[VADUserTurnStartStrategy()], stop=[stop])
-    return LLMUserAggregatorParams(vad_analyzer=vad, user_turn_strategies=turns)

@@ -2,7 +2,7 @@
 
 A graph in :data:`pipelines.GRAPHS` is built for a stand-in call that never touches
 the network: settings without ``.env``, an in-memory call store, a transport on a
-socket that refuses every use, and the offline agent's URL on a closed port. Services
+socket that refuses every use, and the offline servers' URLs on a closed port. Services
 connect only in ``setup()``, which is never called here, so building is safe. The
 processors that come back are drawn in order, each labelled with its class name and
 the trailing ``# ...`` comment of its line in the builder's ``return [...]``.
@@ -49,6 +49,8 @@ STAND_IN_SETTINGS = {
     "CALLS_DB_PATH": ":memory:",
     "AGENT_PROVIDER": "local",
 }
+#: The stand-in call's offline OpenAI HTTP server (the cascade's services): nothing listens.
+STAND_IN_OPENAI_URL = "http://127.0.0.1:9/v1"
 #: The label of the caller's end of the line, drawn at both ends of a graph.
 CALLER = "Twilio caller"
 
@@ -109,6 +111,7 @@ def graph_processors(name: str, **settings_overrides) -> list[FrameProcessor]:
         store=records.CallStore(":memory:"),
         transport=transport,
         local_agent_url=settings.LOCAL_AGENT_BASE_URL,
+        local_openai_url=STAND_IN_OPENAI_URL,
         resources=None,
         control=None,
     )

@@ -124,14 +124,21 @@ def heard_text(text: str, played_ms: float, total_ms: float) -> str:
         total_ms: Audio generated, in ms.
 
     Returns:
-        The words wholly within the played share (possibly empty).
+        The words wholly within the played share (possibly empty); Japanese, written
+        without spaces, is cut at the character.
     """
     if total_ms <= 0 or played_ms >= total_ms:
         return text.strip()
     cut = int(len(text) * max(played_ms, 0) / total_ms)
-    if cut < len(text) and not text[cut].isspace():
+    if cut < len(text) and not text[cut].isspace() and not _unspaced(text[:cut]):
         cut = text.rfind(" ", 0, cut) + 1 if " " in text[:cut] else 0
     return text[:cut].strip()
+
+
+def _unspaced(text: str) -> bool:
+    """Whether text ends in Japanese (kana, kanji, or its full stop): the next sentence
+    follows without a space, as Japanese is written."""
+    return bool(text) and ("\u3000" <= text[-1] <= "\u30ff" or "\u4e00" <= text[-1] <= "\u9fff")
 
 
 class PlayoutTracker(FrameProcessor):
@@ -189,7 +196,7 @@ class PlayoutTracker(FrameProcessor):
         elif isinstance(frame, TTSTextFrame):
             if not self._dropping:
                 reply = self._current(frame)
-                spacer = "" if frame.includes_inter_frame_spaces else " "
+                spacer = "" if frame.includes_inter_frame_spaces or _unspaced(reply.generated_text) else " "
                 reply.generated_text += (spacer if reply.generated_text else "") + frame.text
                 await self.push_frame(frame, direction)
         elif isinstance(frame, TTSStoppedFrame):

@@ -4,7 +4,10 @@
   speech-to-speech service. It sees ``UserStartedSpeakingFrame`` /
   ``UserStoppedSpeakingFrame`` going downstream (from the user aggregator's VAD) and
   the ``TranscriptionFrame`` that the service pushes upstream once it has
-  transcribed the turn.
+  transcribed the turn. In the cascade it sits between the speech-to-text service and
+  the user aggregator: the turn frames come upstream (the aggregator broadcasts them)
+  and the transcripts downstream; :meth:`TranscriptLogger.keys` records the keys the
+  caller presses there (``DTMFToAgent`` comes after the aggregator).
 - Agent turns: :meth:`TranscriptLogger.record_reply` is the handler of the playout
   tracker's ``on_reply_finished`` event, so an agent turn is recorded as the caller
   heard it: when it finished playing at Twilio or was cut off, with the audio played
@@ -76,8 +79,22 @@ class TranscriptLogger:
         playout.add_event_handler("on_reply_finished", self.record_reply)
 
     def user(self) -> FrameProcessor:
-        """The processor to place just before the speech-to-speech service."""
+        """The processor that sees the caller's turns and their transcripts.
+
+        Speech-to-speech graph: just before the service (which pushes its transcripts
+        upstream). Cascade: between the speech-to-text service and the user aggregator
+        (which consumes the transcripts).
+        """
         return self._user
+
+    def keys(self) -> FrameProcessor:
+        """A processor recording only the transcripts that pass it going downstream.
+
+        For a graph whose ``DTMFToAgent`` comes after the caller-turn processor (the
+        cascade: the user aggregator between them consumes transcripts), placed right
+        after ``DTMFToAgent`` so the keys pressed reach the call record too.
+        """
+        return _TranscriptTap(self, name="TranscriptLogger.keys")
 
     async def _write_user(self, turn: _Turn, text: str) -> None:
         await self._store.add_turn(
@@ -147,6 +164,20 @@ class TranscriptLogger:
         self._user_turn = None
         for turn in pending:
             await self._write_user(turn, "[caller spoke, no transcript]")
+
+
+class _TranscriptTap(FrameProcessor):
+    """Forwards every frame; reports transcripts going downstream to the logger."""
+
+    def __init__(self, owner: TranscriptLogger, **kwargs):
+        super().__init__(**kwargs)
+        self._owner = owner
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TranscriptionFrame) and direction == FrameDirection.DOWNSTREAM:
+            await self._owner._on_user_frame(frame)
+        await self.push_frame(frame, direction)
 
 
 class _UserTurnTap(FrameProcessor):

@@ -37,3 +37,36 @@ async def test_a_reply_heard_to_its_end_is_left_alone():
     reply.interrupted = False
     await heard._on_reply_finished(None, reply)
     assert heard.apply() == 0 and context.get_messages()[-1]["content"] == TEXT
+
+
+def test_heard_words_are_cut_at_a_word_in_english_and_a_character_in_japanese():
+    from processors.barge_in import heard_text
+
+    assert heard_text("Hello there my friend", 500, 1000) == "Hello"  # "there" was cut in two
+    assert heard_text("Hello there my friend", 600, 1000) == "Hello there"
+    japanese = "お電話ありがとうございます。"  # 14 characters, no spaces
+    assert heard_text(japanese, 500, 1000) == japanese[:7]
+    assert heard_text(japanese, 1000, 1000) == japanese
+
+
+@pytest.mark.asyncio
+async def test_a_reply_cut_off_before_the_aggregator_wrote_anything_is_in_the_context():
+    """The cascade: text-to-speech had released no text when the caller cut in."""
+    context = LLMContext(messages=[{"role": "user", "content": "Greet the caller."}])
+    heard = HeardContext(context, PlayoutTracker("MZ"))
+    reply = _interrupted_reply()
+    await heard._on_reply_finished(None, reply)
+    assert context.get_messages()[-1] == {"role": "assistant", "content": reply.heard_text}
+    context.add_message({"role": "user", "content": "[caller spoke 1.0 s]"})
+    assert heard.apply() == 0 and len(context.get_messages()) == 3  # nothing else to settle
+
+
+@pytest.mark.asyncio
+async def test_the_aggregators_own_message_of_a_cut_off_reply_is_dropped():
+    context = LLMContext(messages=[{"role": "user", "content": "Greet the caller."}])
+    heard = HeardContext(context, PlayoutTracker("MZ"))
+    reply = _interrupted_reply()
+    await heard._on_reply_finished(None, reply)
+    context.add_message({"role": "assistant", "content": "Hello, and thank you for calling"})  # written later
+    assert heard.apply() == 1
+    assert [m["content"] for m in context.get_messages()] == ["Greet the caller.", reply.heard_text]

@@ -9,7 +9,7 @@ import pytest
 
 from pipecat.transports.base_output import BaseOutputTransport
 
-from pipelines import render
+from pipelines import GRAPHS, render
 from processors.barge_in import PlayoutTracker
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "graphs"
@@ -51,12 +51,25 @@ def test_labels_carry_the_builders_line_comments(realtime_mermaid):
     assert '"LLMAssistantAggregator"' in realtime_mermaid  # its line has no comment
 
 
-def test_committed_picture_matches_the_graph(realtime_mermaid):
-    committed = (DOCS / "realtime.mmd").read_text(encoding="utf-8")
-    assert committed == realtime_mermaid, (
-        "docs/graphs/realtime.mmd is stale: run "
-        "`python -m pipelines.render realtime --out docs/graphs/realtime.mmd`"
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+def test_committed_picture_matches_the_graph(name):
+    committed = (DOCS / f"{name}.mmd").read_text(encoding="utf-8")
+    assert committed == render.mermaid(name), (
+        f"docs/graphs/{name}.mmd is stale: run `make graph NAME={name}`"
     )
+    assert (DOCS / f"{name}.svg").is_file(), f"docs/graphs/{name}.svg is missing: run `make graph NAME={name}`"
+
+
+def test_both_graphs_share_barge_in_transcript_and_tools():
+    """The processors that make a call trustworthy are the same classes in every graph."""
+    shared = {"EchoCanceller", "_UserTurnTap", "LLMUserAggregator", "DTMFToAgent", "PlayoutTracker",
+              "FastAPIWebsocketOutputTransport", "LLMAssistantAggregator"}
+    for name in GRAPHS:
+        classes = {type(p).__name__ for p in render.graph_processors(name)}
+        assert shared <= classes, (name, shared - classes)
+    cascade = [type(p).__name__ for p in render.graph_processors("cascade")]
+    assert cascade.index("OpenAISTTService") < cascade.index("LLMUserAggregator")
+    assert cascade.index("OpenAILLMService") < cascade.index("OpenAITTSService") < cascade.index("PlayoutTracker")
 
 
 def test_dot_draws_the_same_chain(realtime_mermaid):
