@@ -94,7 +94,7 @@ def create_engine(url: str, **kwargs) -> AsyncEngine:
     """
     if url.startswith("sqlite"):
         kwargs.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_S})
-        if "poolclass" not in kwargs:
+        if "poolclass" not in kwargs and ":memory:" not in url:
             kwargs.setdefault("pool_size", 1)
             kwargs.setdefault("max_overflow", 0)
     engine = create_async_engine(url, **kwargs)
