@@ -18,7 +18,9 @@ agent (the audio between ``TTSStartedFrame`` and ``TTSStoppedFrame``) it:
   reply that still arrives from the model (no stale media after the ``clear``);
 - reports each reply once it has finished playing, been interrupted, or the call
   ended, through the ``on_reply_finished(tracker, reply)`` event, which the transcript
-  logger records.
+  logger records. A reply fully sent but still playing when the next one begins (e.g.
+  the spoken "one moment" while a slow tool's answer is already coming) keeps being
+  tracked by its own marks until Twilio has played it; Twilio plays the two in order.
 
 It also keeps each reply's audio as the echo reference for :class:`EchoCanceller`.
 """
@@ -160,6 +162,8 @@ class PlayoutTracker(FrameProcessor):
         super().__init__(**kwargs)
         self._stream_sid = stream_sid
         self._reply: Reply | None = None
+        # Replies fully sent, superseded by a newer one, still playing at Twilio: id -> reply.
+        self._finishing: dict[int, Reply] = {}
         self._replies = 0
         self._pending = bytearray()  # audio short of a whole 20 ms frame
         self._dropping = False  # an interrupted reply's audio may still be arriving
@@ -172,6 +176,8 @@ class PlayoutTracker(FrameProcessor):
 
     def playing(self) -> bool:
         """Whether agent audio is being generated, queued, or played at Twilio."""
+        if self._finishing:
+            return True
         return self._reply is not None and self._reply.playing and not self._reply.interrupted
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
@@ -188,7 +194,7 @@ class PlayoutTracker(FrameProcessor):
             # A new response: whatever of the interrupted one was still arriving is over.
             self._dropping = False
             if isinstance(frame, TTSStartedFrame):
-                await self._finish_unheard()
+                await self._supersede()
             await self.push_frame(frame, direction)
         elif isinstance(frame, TTSAudioRawFrame):
             if not self._dropping:
@@ -211,8 +217,8 @@ class PlayoutTracker(FrameProcessor):
         elif isinstance(frame, InterruptionFrame):
             cut_off = self._interrupt()
             await self.push_frame(frame, direction)  # the clear goes out first
-            if cut_off:
-                await self._call_event_handler("on_reply_finished", cut_off)
+            for reply in cut_off:
+                await self._call_event_handler("on_reply_finished", reply)
         elif isinstance(frame, (EndFrame, CancelFrame)):
             await self._finish_unheard(hung_up=isinstance(frame, CancelFrame))
             await self.push_frame(frame, direction)
@@ -221,6 +227,7 @@ class PlayoutTracker(FrameProcessor):
 
     def _current(self, frame: Frame) -> Reply:
         if self._reply is None or self._reply.done or self._reply.interrupted:
+            self._keep_tracking(self._reply)
             self._replies += 1
             rate = getattr(frame, "sample_rate", 8000)
             self._reply = Reply(reply_id=self._replies, sample_rate=rate)
@@ -263,46 +270,78 @@ class PlayoutTracker(FrameProcessor):
         if not isinstance(message, dict) or message.get("event") != "mark":
             return
         match = _MARK_NAME.match(str((message.get("mark") or {}).get("name", "")))
-        reply = self._reply
-        if not match or reply is None or reply.interrupted:
-            return  # not ours, or released by a clear: that audio was dropped, not heard
-        if int(match.group(1)) != reply.reply_id:
-            return  # a stale echo of an older reply
+        if not match:
+            return  # not ours
+        reply_id = int(match.group(1))
+        current = self._reply
+        reply = current if current and current.reply_id == reply_id else self._finishing.get(reply_id)
+        if reply is None or reply.interrupted:
+            return  # a stale echo, or released by a clear: that audio was dropped, not heard
         reply.played_ms = max(reply.played_ms, int(match.group(2)))
         reply.last_echo_at = time.monotonic()
-        await self._maybe_finished()
+        await self._maybe_finished(reply)
 
-    def _interrupt(self) -> Reply | None:
-        """The caller's turn started: cut the reply off if any of it is still to play.
+    def _interrupt(self) -> list[Reply]:
+        """The caller's turn started: cut off every reply still to play, oldest first.
 
         Returns:
-            The reply cut off, or None if nothing was playing.
+            The replies cut off (empty if nothing was playing).
         """
         self._pending.clear()
+        cut_off = [r for r in self._finishing.values() if r.playing]
+        self._finishing.clear()
         reply = self._reply
-        if reply is None or reply.interrupted or reply.ended_at is not None or not reply.playing:
-            return None
-        reply.interrupted = True
-        reply.ended_at = utc_now()
-        self._dropping = not reply.done  # the model may still be sending this reply
-        return reply
+        if reply is not None and not reply.interrupted and reply.ended_at is None and reply.playing:
+            self._dropping = not reply.done  # the model may still be sending this reply
+            cut_off.append(reply)
+        now = utc_now()
+        for r in cut_off:
+            r.interrupted = True
+            r.ended_at = now
+        return cut_off
 
-    async def _maybe_finished(self) -> None:
-        reply = self._reply
+    def _keep_tracking(self, reply: Reply | None) -> None:
+        """A newer reply begins: a fully sent one still playing keeps its marks' tracking."""
+        if reply is not None and reply.done and not reply.interrupted and reply.ended_at is None:
+            self._finishing[reply.reply_id] = reply
+
+    async def _maybe_finished(self, reply: Reply | None = None) -> None:
+        reply = reply or self._reply
         if reply and reply.done and reply.ended_at is None and reply.played_ms >= reply.sent_ms:
+            reply.ended_at = utc_now()
+            self._finishing.pop(reply.reply_id, None)
+            await self._call_event_handler("on_reply_finished", reply)
+
+    async def _supersede(self) -> None:
+        """A new reply begins (``TTSStartedFrame``).
+
+        The current reply, if fully sent, plays on at Twilio before the new one and is
+        reported when its last mark comes back; one the model abandoned half sent is
+        reported now, with what played of it.
+        """
+        reply = self._reply
+        if reply is None or reply.ended_at is not None or not reply.sent_ms:
+            return
+        if reply.done and not reply.interrupted:
+            self._keep_tracking(reply)
+        else:
             reply.ended_at = utc_now()
             await self._call_event_handler("on_reply_finished", reply)
 
     async def _finish_unheard(self, *, hung_up: bool = False) -> None:
-        """Report a reply that will never finish playing (a new one began, or the call ended).
+        """Report the replies that will never finish playing: the call ended.
 
         Args:
             hung_up: The call was cancelled (the caller hung up): a reply still playing
                 was cut off, and only what played of it was heard.
         """
-        reply = self._reply
-        if reply and reply.ended_at is None and reply.sent_ms:
-            if hung_up and reply.playing:
-                reply.interrupted = True
-            reply.ended_at = utc_now()
-            await self._call_event_handler("on_reply_finished", reply)
+        replies = list(self._finishing.values())
+        self._finishing.clear()
+        if self._reply is not None and self._reply not in replies:
+            replies.append(self._reply)
+        for reply in replies:
+            if reply.ended_at is None and reply.sent_ms:
+                if hung_up and reply.playing:
+                    reply.interrupted = True
+                reply.ended_at = utc_now()
+                await self._call_event_handler("on_reply_finished", reply)
