@@ -59,11 +59,13 @@ def build(call: CallContext) -> list[FrameProcessor]:
     if call.control:
         call.control.watch(playout)
 
-    # Many calls share one event loop: the small per-frame processors run in direct
-    # mode (each frame handled in the pusher's task, no queue and task switch per hop).
+    # Many calls share one event loop: the resamplers run in direct mode (each frame
+    # handled in the pusher's task, no queue and task switch per hop). The echo
+    # canceller keeps its queue: in direct mode, caller audio slipped past a barge-in's
+    # ordering and a frame of the cut-off reply could reach Twilio after the clear.
     return [
         call.transport.input(),  # Twilio media -> 8 kHz PCM (our G.711 codec)
-        EchoCanceller(playout, enable_direct_mode=True),  # the agent's own voice leaking back is not the caller
+        EchoCanceller(playout),  # the agent's own voice leaking back is not the caller
         context_aggregators.user(),  # Silero VAD at 8 kHz: caller turns and barge-in
         DTMFToAgent(),  # keys the caller presses -> the model and the call record
         AudioResamplerProcessor(s2s.input_sample_rate, InputAudioRawFrame, enable_direct_mode=True),  # 8 kHz -> model
