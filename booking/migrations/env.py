@@ -2,64 +2,14 @@
 
 The URL is the ``sqlalchemy.url`` main option when set (``booking.db.migrate`` sets
 it), else ``DATABASE_URL``, else the default SQLite file; see :mod:`booking.db`.
+
+How it runs is shared with the other store: :func:`migrations_env.run_env`.
 """
 
 from __future__ import annotations
 
-import asyncio
-from logging.config import fileConfig
-
-from alembic import context
-from sqlalchemy.pool import NullPool
-
 from booking.db import create_engine, database_url
 from booking.models import Base
+from migrations_env import run_env
 
-config = context.config
-if config.config_file_name is not None:  # the alembic CLI, with alembic.ini's logging
-    fileConfig(config.config_file_name)
-
-target_metadata = Base.metadata
-
-
-def _url() -> str:
-    return database_url(config.get_main_option("sqlalchemy.url") or None)
-
-
-def _configure(**kwargs) -> None:
-    context.configure(
-        target_metadata=target_metadata,
-        render_as_batch=True,  # SQLite alters tables by copying them
-        compare_type=True,
-        **kwargs,
-    )
-
-
-def run_migrations_offline() -> None:
-    """Emit the SQL without connecting (``alembic upgrade head --sql``)."""
-    _configure(url=_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
-    with context.begin_transaction():
-        context.run_migrations()
-
-
-def _run_sync(connection) -> None:
-    _configure(connection=connection)
-    with context.begin_transaction():
-        context.run_migrations()
-
-
-async def run_migrations_online() -> None:
-    """Connect with the async engine and run the migrations."""
-    engine = create_engine(_url(), poolclass=NullPool)
-    try:
-        async with engine.connect() as connection:
-            await connection.run_sync(_run_sync)
-            await connection.commit()
-    finally:
-        await engine.dispose()
-
-
-if context.is_offline_mode():
-    run_migrations_offline()
-else:
-    asyncio.run(run_migrations_online())
+run_env(Base.metadata, database_url, create_engine)
