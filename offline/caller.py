@@ -603,6 +603,8 @@ class CallerBehaviour:
             socket, as Twilio does), ``abort`` (drop the TCP connection: no ``stop``,
             no close frame) or ``stop_only`` (send ``stop`` and wait for the server
             to close the socket, up to 10 s).
+        pause_ms: How long the agent must have been quiet before the caller takes
+            its turn (ms).
     """
 
     barge_in_after_ms: float | None = None
@@ -614,6 +616,7 @@ class CallerBehaviour:
     before_start: list[str | bytes] = field(default_factory=list)
     inject: Callable[[float], list[str | bytes]] | None = None
     hang_up: str = "stop"
+    pause_ms: float = POLITE_PAUSE_MS
 
 
 class _MediaSession:
@@ -775,7 +778,7 @@ class _MediaSession:
         return (
             self.heard_in_phase is not None
             and not self.buffer.has_voiced_pending
-            and now - self.last_voiced_at >= POLITE_PAUSE_MS / 1000.0
+            and now - self.last_voiced_at >= self.behaviour.pause_ms / 1000.0
         )
 
     def _begin_next_utterance(self, now: float) -> None:

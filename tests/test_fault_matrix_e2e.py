@@ -37,7 +37,7 @@ import httpx
 import pytest
 
 from offline.caller import CallerBehaviour, run_call
-from tests.support import AUDIO, TOKEN, running_server, server_pid, trimmed_wav
+from tests.support import TOKEN, running_server, server_pid, trimmed_wav
 
 #: How long a test waits for a call to be over before calling it stuck (not a performance
 #: threshold: the benchmark measures teardown times).
@@ -267,19 +267,27 @@ async def test_a_stalled_model_is_reconnected(tmp_path, speech):
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("fault", ["raising", "hanging"])
+@pytest.mark.parametrize("fault", ["raising", "hanging", "interrupted"])
 async def test_a_failing_tool(tmp_path, speech, fault):
-    """The first tool the agent calls (``get_caller_context``) raises, or hangs past its deadline.
+    """The first tool the agent calls (``get_caller_context``) raises, hangs, or is cut off.
 
     Raising: its table is gone from the booking database. Hanging: another process
     holds the database's exclusive lock, so the query waits past the tool's 4 s
-    deadline. Either way the agent goes on talking, every caller turn is answered, and
-    the record holds the tool call with its error.
+    deadline; the caller pauses 3 s before each turn, so the deadline comes first.
+    Interrupted: the same hanging query, but the caller talks over the "one moment",
+    so Pipecat cancels the call (barge-in) before the deadline. In each case the agent
+    goes on talking, every caller turn is answered, and the record holds the tool call
+    with its error.
     """
     import sqlite3
 
     booking_db = tmp_path / "booking.db"
     lock: sqlite3.Connection | None = None
+    behaviour = {
+        "raising": CallerBehaviour(),
+        "hanging": CallerBehaviour(pause_ms=3000),
+        "interrupted": CallerBehaviour(barge_in_after_ms=600),
+    }[fault]
     with running_server(tmp_path) as (url, log):
         database = sqlite3.connect(booking_db, isolation_level=None)
         if fault == "raising":
@@ -288,9 +296,9 @@ async def test_a_failing_tool(tmp_path, speech, fault):
         else:
             database.execute("BEGIN EXCLUSIVE")
             lock = database
-        call_sid = "CA" + ("1" if fault == "raising" else "2") * 32
+        call_sid = "CA" + str(["raising", "hanging", "interrupted"].index(fault) + 1) * 32
         call = asyncio.create_task(run_call(url, speech, auth_token=TOKEN, max_call_s=90,
-                                            reply_timeout_s=20, call_sid=call_sid))
+                                            reply_timeout_s=20, call_sid=call_sid, behaviour=behaviour))
         try:
             async with httpx.AsyncClient(base_url=url) as client:
                 while not call.done():  # until the tool call is over and recorded
@@ -308,9 +316,8 @@ async def test_a_failing_tool(tmp_path, speech, fault):
     assert record["tool_calls"], "the tool call is missing from the record"
     tool = record["tool_calls"][0]
     assert tool["name"] == "get_caller_context"
-    assert tool["error"], tool
-    if fault == "hanging":
-        assert "timeout" in json.dumps(tool["error"])
+    expected = {"raising": "tool_failed", "hanging": "timeout", "interrupted": "cancelled"}[fault]
+    assert tool["error"]["error"]["type"] == expected, tool
     assert result.all_answered, result.summary()
     assert record["end_reason"] in ("agent_ended", "caller_hung_up")
     logged = log.read_text()

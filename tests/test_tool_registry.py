@@ -268,6 +268,42 @@ async def test_register_with_a_real_pipecat_service_and_run_its_handler():
     assert not recorded[1][2].ok
 
 
+@pytest.mark.asyncio
+async def test_a_call_pipecat_cancels_is_still_recorded():
+    """A barge-in makes Pipecat cancel a running tool call: it must still reach the record."""
+    llm = OpenAIRealtimeLLMService(api_key="x", base_url="ws://127.0.0.1:9")
+    recorded = []
+
+    async def on_outcome(name, args, outcome):
+        await asyncio.sleep(0)  # a database write: it runs after the handler was cancelled
+        recorded.append((name, args, outcome))
+
+    registry.register_with(llm, lambda params: make_ctx(), on_outcome=on_outcome)
+    delivered = []
+
+    async def result_callback(result, *, properties=None):
+        delivered.append(result)
+
+    params = FunctionCallParams(
+        function_name="sleepy", tool_call_id="call-2", arguments={"seconds": 5}, llm=llm,
+        pipeline_worker=None, context=LLMContext(), result_callback=result_callback,
+    )
+    running = asyncio.create_task(llm._functions["sleepy"].handler(params))
+    await asyncio.sleep(0.05)
+    running.cancel()  # what Pipecat's _cancel_function_call_tasks does on an interruption
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    for _ in range(20):
+        if recorded:
+            break
+        await asyncio.sleep(0.01)
+    assert delivered == []  # Pipecat, not the handler, answers the model for a cancelled call
+    [(name, args, outcome)] = recorded
+    assert (name, args) == ("sleepy", {"seconds": 5})
+    assert outcome.error["error"]["type"] == "cancelled"
+    assert 40 <= outcome.duration_ms < 1000
+
+
 # -- webhook tools -------------------------------------------------------------------
 
 

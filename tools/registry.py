@@ -445,6 +445,8 @@ class ToolRegistry:
                 ``FunctionCallParams``.
             on_outcome: Called as ``on_outcome(name, args, outcome)`` (sync or async)
                 after each call, e.g. to record it; its errors are logged, not raised.
+                A call Pipecat cancels (barge-in, its deadline, the call's end) is
+                reported too, with a ``cancelled`` error, from a task of its own.
             on_slow: Passed to :meth:`call`.
         """
         for spec in self._tools.values():
@@ -461,9 +463,18 @@ class ToolRegistry:
         on_outcome: OutcomeHook | None,
         on_slow: SlowHook | None,
     ) -> Callable[[Any], Awaitable[None]]:
+        async def report(name: str, args: dict[str, Any], outcome: ToolOutcome) -> None:
+            if on_outcome is None:
+                return
+            try:
+                await _maybe_await(on_outcome(name, args, outcome))
+            except Exception as e:
+                logger.opt(exception=e).error(f"tool {name}: on_outcome failed")
+
         async def handler(params: Any) -> None:
             name = params.function_name
             args = dict(params.arguments or {})
+            started = time.perf_counter()
             try:
                 ctx = context_factory(params)
             except Exception as e:
@@ -471,13 +482,21 @@ class ToolRegistry:
                 error = error_payload("tool_failed", f"{name} could not start.")
                 outcome = ToolOutcome(result=None, error=error, duration_ms=0.0)
             else:
-                outcome = await self.call(name, args, ctx, on_slow=on_slow)
-            await params.result_callback(outcome.payload)
-            if on_outcome is not None:
                 try:
-                    await _maybe_await(on_outcome(name, args, outcome))
-                except Exception as e:
-                    logger.opt(exception=e).error(f"tool {name}: on_outcome failed")
+                    outcome = await self.call(name, args, ctx, on_slow=on_slow)
+                except asyncio.CancelledError:
+                    # Pipecat cancels a call when the caller barges in (the tool's
+                    # ``cancel_on_interruption``), at its own deadline, or when the call
+                    # ends. The model is told by Pipecat; the record is told here, by a
+                    # task of its own, since this one is being cancelled.
+                    ms = (time.perf_counter() - started) * 1000
+                    logger.info(f"tool {name} -> cancelled after {ms:.0f} ms")
+                    message = f"{name} was cancelled before it answered (the caller spoke, or the call ended)."
+                    cancelled = ToolOutcome(result=None, error=error_payload("cancelled", message), duration_ms=ms)
+                    _keep_until_done(asyncio.ensure_future(report(name, args, cancelled)))
+                    raise
+            await params.result_callback(outcome.payload)
+            await report(name, args, outcome)
 
         return handler
 
@@ -591,6 +610,15 @@ def _start_slow_timer(spec: ToolSpec, args: dict[str, Any], on_slow: SlowHook | 
 
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
+
+
+_background: set[asyncio.Future] = set()
+
+
+def _keep_until_done(task: asyncio.Future) -> None:
+    """Hold a reference to a fire-and-forget task until it ends (asyncio keeps only weak ones)."""
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def _retrieve_late_outcome(task: asyncio.Future) -> None:
