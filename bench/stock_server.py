@@ -22,7 +22,6 @@ Usage: ``python -m bench.stock_server --port 8100 --agent ws://127.0.0.1:8765/v1
 from __future__ import annotations
 
 import argparse
-import asyncio
 from contextlib import asynccontextmanager
 
 import uvicorn
