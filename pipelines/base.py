@@ -1,13 +1,21 @@
-"""What a pipeline graph is built from: one call's facts and shared resources."""
+"""What a pipeline graph is built from: one call's facts and shared resources.
+
+Also the wiring every graph shares: the opening LLM context (:func:`opening_context`)
+and what follows the playout tracker (:func:`follow_playout`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketTransport
 
 from config import Settings
+from processors.barge_in import PlayoutTracker
+from processors.context_truth import HeardContext
+from processors.transcript import TranscriptLogger
 from records import CallStore
 
 if TYPE_CHECKING:
@@ -47,3 +55,34 @@ class CallContext:
     local_openai_url: str | None = None
     resources: "Resources | None" = None
     control: "CallControl | None" = None
+
+
+def opening_context(call: CallContext) -> LLMContext:
+    """The call's LLM context: the opening prompt, and the schemas of the call's tools.
+
+    The prompt is the ``greeting_prompt`` custom parameter (an outbound preset), else
+    ``AGENT_GREETING_PROMPT``.
+    """
+    opening = call.parameters.get("greeting_prompt") or call.settings.AGENT_GREETING_PROMPT
+    context = LLMContext(messages=[{"role": "user", "content": opening}])
+    if call.resources and call.resources.tools:
+        context.set_tools(call.resources.tools.tools_schema())
+    return context
+
+
+def follow_playout(call: CallContext, context: LLMContext, playout: PlayoutTracker) -> TranscriptLogger:
+    """Tie the call record, the kept context and call control to what the caller heard.
+
+    Args:
+        call: The call.
+        context: The LLM context; it keeps only agent words the caller heard.
+        playout: The call's playout tracker (Twilio mark echoes).
+
+    Returns:
+        The transcript logger, whose ``user()`` and ``keys()`` processors go in the graph.
+    """
+    transcript = TranscriptLogger(call.store, call.call_sid, playout)
+    HeardContext(context, playout)
+    if call.control:
+        call.control.watch(playout)  # e.g. hang up once the goodbye has been heard
+    return transcript

@@ -21,21 +21,18 @@ from __future__ import annotations
 
 from loguru import logger
 from pipecat.frames.frames import OutputAudioRawFrame
-from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.processors.frame_processor import FrameProcessor
 
-from pipelines.base import CallContext
+from pipelines.base import CallContext, follow_playout, opening_context
 from pipelines.call_settings import agent_config
 from pipelines.cascade_services import CascadeSettings, cascade_services
 from pipelines.tools import attach_tools
 from pipelines.turns import turn_taking
 from processors.barge_in import PlayoutTracker
-from processors.context_truth import HeardContext
 from processors.dtmf import DTMFToAgent
 from processors.echo import EchoCanceller
 from processors.resampler import AudioResamplerProcessor
-from processors.transcript import TranscriptLogger
 from processors.twilio_serializer import TWILIO_SAMPLE_RATE
 
 __all__ = ["build"]
@@ -65,20 +62,13 @@ def build(call: CallContext) -> list[FrameProcessor]:
     if services.offline:
         logger.info(f"[{call.call_sid}] cascade on the offline OpenAI server (no OPENAI_API_KEY)")
     playout = PlayoutTracker(call.stream_sid)
-    tools = call.resources.tools if call.resources else None
-    opening = call.parameters.get("greeting_prompt") or call.settings.AGENT_GREETING_PROMPT
-    context = LLMContext(messages=[{"role": "user", "content": opening}])
-    if tools:
-        context.set_tools(tools.tools_schema())
+    context = opening_context(call)
     attach_tools(call, services.llm)
     context_aggregators = LLMContextAggregatorPair(
         context,
         user_params=turn_taking(call.settings, cascade.CASCADE_TURN_DETECTION, wait_for_transcript=True),
     )
-    transcript = TranscriptLogger(call.store, call.call_sid, playout)
-    HeardContext(context, playout)  # the context we keep holds only what was heard
-    if call.control:
-        call.control.watch(playout)
+    transcript = follow_playout(call, context, playout)  # record, context, call control
 
     return [
         call.transport.input(),  # Twilio media -> 8 kHz PCM (our G.711 codec)

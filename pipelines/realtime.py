@@ -15,21 +15,18 @@ truncation at the position the playout tracker read from Twilio's mark echoes.
 from __future__ import annotations
 
 from pipecat.frames.frames import InputAudioRawFrame, OutputAudioRawFrame
-from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.processors.frame_processor import FrameProcessor
 
-from pipelines.base import CallContext
+from pipelines.base import CallContext, follow_playout, opening_context
 from pipelines.call_settings import agent_config
 from pipelines.services import speech_to_speech
 from pipelines.tools import attach_tools
 from pipelines.turns import turn_taking
 from processors.barge_in import PlayoutTracker
-from processors.context_truth import HeardContext
 from processors.dtmf import DTMFToAgent
 from processors.echo import EchoCanceller
 from processors.resampler import AudioResamplerProcessor
-from processors.transcript import TranscriptLogger
 from processors.twilio_serializer import TWILIO_SAMPLE_RATE
 
 
@@ -45,19 +42,12 @@ def build(call: CallContext) -> list[FrameProcessor]:
     agent = agent_config(call.settings, call.resources.agent if call.resources else None, call.parameters)
     playout = PlayoutTracker(call.stream_sid)
     s2s = speech_to_speech(call.settings, playout, agent, local_agent_url=call.local_agent_url)
-    tools = call.resources.tools if call.resources else None
-    opening = call.parameters.get("greeting_prompt") or call.settings.AGENT_GREETING_PROMPT
-    context = LLMContext(messages=[{"role": "user", "content": opening}])
-    if tools:
-        context.set_tools(tools.tools_schema())
+    context = opening_context(call)
     attach_tools(call, s2s.service)
     context_aggregators = LLMContextAggregatorPair(
         context, user_params=turn_taking(call.settings, agent.turn_detection)
     )
-    transcript = TranscriptLogger(call.store, call.call_sid, playout)
-    HeardContext(context, playout)  # the context we keep holds only what was heard
-    if call.control:
-        call.control.watch(playout)
+    transcript = follow_playout(call, context, playout)  # record, context, call control
 
     # Many calls share one event loop: the resamplers run in direct mode (each frame
     # handled in the pusher's task, no queue and task switch per hop). The echo
