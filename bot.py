@@ -28,7 +28,6 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.services.llm_service import LLMService
 from pipecat.services.stt_service import STTService
 from pipecat.services.tts_service import TTSService
-from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 from pipecat.workers.runner import WorkerRunner
 
 from call_control import AGENT_ENDED, MODEL_ERROR, CallControl
@@ -36,6 +35,7 @@ from diagnostics import new_call_probe
 from pipelines import GRAPHS, CallContext
 from pipelines.selection import chosen_graph
 from processors.twilio_serializer import CALLER_HUNG_UP, TWILIO_SAMPLE_RATE, TwilioMediaSerializer
+from processors.twilio_transport import twilio_transport
 from resources import APOLOGY_TEXT, Resources
 from twilio_rest import complete_call
 
@@ -126,18 +126,7 @@ async def run_bot(
         await store.end_call(call_sid, UNKNOWN_GRAPH)
         return UNKNOWN_GRAPH
     serializer = TwilioMediaSerializer(start.stream_sid, call_sid, account_sid=start.account_sid)
-    transport = FastAPIWebsocketTransport(
-        websocket,
-        params=FastAPIWebsocketParams(
-            audio_in_enabled=True,
-            audio_in_sample_rate=TWILIO_SAMPLE_RATE,
-            audio_out_enabled=True,
-            audio_out_sample_rate=TWILIO_SAMPLE_RATE,
-            audio_out_10ms_chunks=2,  # 20 ms: one Twilio media frame per chunk
-            audio_out_end_silence_secs=0,  # the end-of-call mark already waits for playout
-            serializer=serializer,
-        ),
-    )
+    transport = twilio_transport(websocket, serializer)
     control = CallControl(call_sid, start.stream_sid, resources)
     call = CallContext(
         call_sid=call_sid,

@@ -31,12 +31,12 @@ from pathlib import Path
 from loguru import logger
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.transports.base_output import BaseOutputTransport
-from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 
 import config
 import records
 from pipelines import GRAPHS, CallContext
-from processors.twilio_serializer import TWILIO_SAMPLE_RATE, TwilioMediaSerializer
+from processors.twilio_serializer import TwilioMediaSerializer
+from processors.twilio_transport import twilio_transport
 
 __all__ = ["dot", "graph_processors", "mermaid", "svg"]
 
@@ -94,16 +94,7 @@ def graph_processors(name: str, **settings_overrides) -> list[FrameProcessor]:
     builder = _builder(name)
     settings = config.load_settings(_env_file=None, **{**STAND_IN_SETTINGS, **settings_overrides})
     stream_sid, call_sid = "MZ" + "0" * 32, "CA" + "0" * 32
-    transport = FastAPIWebsocketTransport(
-        _NoSocket(),
-        params=FastAPIWebsocketParams(
-            audio_in_enabled=True,
-            audio_in_sample_rate=TWILIO_SAMPLE_RATE,
-            audio_out_enabled=True,
-            audio_out_sample_rate=TWILIO_SAMPLE_RATE,
-            serializer=TwilioMediaSerializer(stream_sid, call_sid),
-        ),
-    )
+    transport = twilio_transport(_NoSocket(), TwilioMediaSerializer(stream_sid, call_sid))
     call = CallContext(
         call_sid=call_sid,
         stream_sid=stream_sid,

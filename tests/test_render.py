@@ -63,7 +63,7 @@ def test_committed_picture_matches_the_graph(name):
 def test_both_graphs_share_barge_in_transcript_and_tools():
     """The processors that make a call trustworthy are the same classes in every graph."""
     shared = {"EchoCanceller", "_UserTurnTap", "LLMUserAggregator", "DTMFToAgent", "PlayoutTracker",
-              "FastAPIWebsocketOutputTransport", "LLMAssistantAggregator"}
+              "TwilioOutputTransport", "LLMAssistantAggregator"}
     for name in GRAPHS:
         classes = {type(p).__name__ for p in render.graph_processors(name)}
         assert shared <= classes, (name, shared - classes)

@@ -1,0 +1,125 @@
+"""The call's WebSocket transport: Pipecat's FastAPI transport, with no stale audio after a ``clear``.
+
+A barge-in makes the output transport drop the audio it has queued and send Twilio a
+``clear`` (our serializer turns the ``InterruptionFrame`` into one). But Pipecat's audio
+task takes a chunk from its queue and writes it a few event-loop turns apart: both steps
+go through ``asyncio.wait_for``, which on Python 3.11 runs its awaitable in a new task.
+An interruption handled in between empties the queue, not the chunk in hand, and sends
+the ``clear`` before that chunk. Twilio then plays a piece of the reply the caller has
+just cut off: ``clear`` empties what Twilio holds, not what comes next. Source:
+https://www.twilio.com/docs/voice/media-streams/websocket-messages ("clear"). Seen in the
+barge-in e2e test about one run in five; ``tests/test_twilio_transport.py`` lands the
+interruption at each loop turn in turn.
+
+:class:`TwilioWebsocketTransport` is :class:`FastAPIWebsocketTransport` with an output
+that refuses, once an interruption has been handled, every interruptible audio chunk
+created before it. Audio of the next reply is created after the interruption and goes
+out as usual.
+"""
+
+from __future__ import annotations
+
+from fastapi import WebSocket
+from loguru import logger
+from pipecat.frames.frames import Frame, InterruptionFrame, OutputAudioRawFrame
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.serializers.base_serializer import FrameSerializer
+from pipecat.transports.websocket.fastapi import (
+    FastAPIWebsocketOutputTransport,
+    FastAPIWebsocketParams,
+    FastAPIWebsocketTransport,
+)
+from pipecat.utils.utils import obj_id
+
+from processors.twilio_serializer import TWILIO_SAMPLE_RATE
+
+__all__ = ["TwilioOutputTransport", "TwilioWebsocketTransport", "twilio_transport"]
+
+
+class TwilioOutputTransport(FastAPIWebsocketOutputTransport):
+    """Pipecat's WebSocket output, which never writes audio a barge-in has cut off.
+
+    Frame ids come from one process-wide increasing counter (``pipecat.utils.utils.obj_id``),
+    so "created before the interruption" is ``frame.id`` below an id drawn when the
+    interruption reached this processor.
+    """
+
+    def __init__(self, *args, **kwargs):
+        """Same arguments as ``FastAPIWebsocketOutputTransport``."""
+        super().__init__(*args, **kwargs)
+        self._cut_before_id = -1
+        self.stale_chunks_dropped = 0
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        """Note the interruption, then let Pipecat handle the frame (and send the ``clear``)."""
+        if isinstance(frame, InterruptionFrame):
+            self._cut_before_id = obj_id()
+        await super().process_frame(frame, direction)
+
+    async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
+        """Write one chunk of audio, unless an interruption handled since it was made cut it.
+
+        Args:
+            frame: A chunk from the output's audio queue (20 ms at 8 kHz for our calls).
+
+        Returns:
+            Whether the chunk was written (False for a dropped one, so it goes no further).
+        """
+        if frame.interruptible and frame.id < self._cut_before_id:
+            self.stale_chunks_dropped += 1
+            logger.debug(f"{self}: dropped a chunk of interrupted audio that was on its way out")
+            return False
+        return await super().write_audio_frame(frame)
+
+
+class TwilioWebsocketTransport(FastAPIWebsocketTransport):
+    """``FastAPIWebsocketTransport`` whose output is a :class:`TwilioOutputTransport`."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        params: FastAPIWebsocketParams,
+        input_name: str | None = None,
+        output_name: str | None = None,
+    ):
+        """Build the transport for one Twilio media stream.
+
+        Args:
+            websocket: The stream's WebSocket (FastAPI).
+            params: Transport parameters (audio rates, the Twilio serializer, ...).
+            input_name: Name of the input processor.
+            output_name: Name of the output processor.
+
+        Raises:
+            ValueError: As ``FastAPIWebsocketTransport`` (an origin not allowed).
+        """
+        super().__init__(websocket, params, input_name=input_name, output_name=output_name)
+        self._output = TwilioOutputTransport(self, self._client, self._params, name=self._output_name)
+
+
+def twilio_transport(websocket: WebSocket, serializer: FrameSerializer) -> TwilioWebsocketTransport:
+    """The transport of one call's media stream, as the server and ``make graph`` build it.
+
+    Audio is 8000 Hz mono both ways; the output sends 20 ms chunks (one Twilio media
+    frame of 160 bytes each) and no trailing silence (the end-of-call mark already
+    waits for playout).
+
+    Args:
+        websocket: The stream's WebSocket.
+        serializer: The Twilio Media Streams serializer of the call.
+
+    Returns:
+        The transport; put its ``input()`` first and ``output()`` near the end of the graph.
+    """
+    return TwilioWebsocketTransport(
+        websocket,
+        params=FastAPIWebsocketParams(
+            audio_in_enabled=True,
+            audio_in_sample_rate=TWILIO_SAMPLE_RATE,
+            audio_out_enabled=True,
+            audio_out_sample_rate=TWILIO_SAMPLE_RATE,
+            audio_out_10ms_chunks=2,
+            audio_out_end_silence_secs=0,
+            serializer=serializer,
+        ),
+    )

@@ -1,0 +1,120 @@
+"""The call's output transport: no audio of a cut-off reply reaches Twilio after its ``clear``.
+
+Pipecat's output takes a chunk from its queue and writes it a few event-loop turns
+apart (on Python 3.11 both steps run through ``asyncio.wait_for``, a new task each), so a
+barge-in handled in between sent the ``clear`` first and the chunk of the cut-off reply
+after it: the caller heard it. Here the interruption lands at each of the first 12 loop
+turns after the reply's audio reaches the output; without the fix, 3 of them let a chunk
+through. Only Twilio's side is faked (a WebSocket that records what it is sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import numpy as np
+import pytest
+from pipecat.frames.frames import InterruptionFrame, TTSAudioRawFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.workers.runner import WorkerRunner
+from starlette.websockets import WebSocketState
+
+from processors.g711 import ulaw_decode
+from processors.twilio_serializer import TwilioMediaSerializer
+from processors.twilio_transport import TwilioOutputTransport, twilio_transport
+
+STREAM_SID, CALL_SID = "MZ" + "1" * 32, "CA" + "1" * 32
+
+
+class TwilioSide:
+    """The far end of the media stream WebSocket: records every message sent to it."""
+
+    client_state = WebSocketState.CONNECTED
+    application_state = WebSocketState.CONNECTED
+    headers: dict[str, str] = {}
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+        self._closed = asyncio.Event()
+
+    async def receive(self) -> dict:
+        await self._closed.wait()
+        return {"type": "websocket.disconnect", "code": 1000}
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+    async def send_bytes(self, data: bytes) -> None:
+        raise AssertionError("Twilio Media Streams messages are text")
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        self.client_state = self.application_state = WebSocketState.DISCONNECTED
+        self._closed.set()
+
+
+class InterruptAfterTurns(FrameProcessor):
+    """Interrupts the agent ``turns`` event-loop turns after its first audio passed by."""
+
+    def __init__(self, turns: int) -> None:
+        super().__init__(enable_direct_mode=True)  # inline: the count starts as the audio goes on
+        self.turns = turns
+        self.interrupted = asyncio.Event()
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+        if isinstance(frame, TTSAudioRawFrame) and not self.interrupted.is_set():
+            self.create_task(self._interrupt())
+
+    async def _interrupt(self) -> None:
+        for _ in range(self.turns):
+            await asyncio.sleep(0)
+        self.interrupted.set()
+        await self.push_frame(InterruptionFrame())
+
+
+def _level(media: dict) -> float:
+    pcm = np.frombuffer(ulaw_decode(base64.b64decode(media["media"]["payload"])), dtype="<i2")
+    return float(np.abs(pcm.astype(np.int32)).mean())
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("turns", range(12))
+async def test_no_chunk_of_a_cut_off_reply_goes_out_after_the_clear(turns):
+    """Whatever the loop turn at which the barge-in lands, Twilio gets nothing of the cut-off reply after its clear."""
+    twilio = TwilioSide()
+    transport = twilio_transport(twilio, TwilioMediaSerializer(STREAM_SID, CALL_SID))
+    assert isinstance(transport.output(), TwilioOutputTransport)
+    cutter = InterruptAfterTurns(turns)
+    worker = PipelineWorker(
+        Pipeline([transport.input(), cutter, transport.output()]),
+        params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000),
+        idle_timeout_secs=None,
+    )
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    run = asyncio.create_task(runner.run())
+    try:
+        await asyncio.sleep(0.2)
+        cut_off = np.full(8 * 200, 2000, dtype="<i2").tobytes()  # 200 ms at 8 kHz, quiet
+        await worker.queue_frame(TTSAudioRawFrame(cut_off, 8000, 1))
+        await asyncio.sleep(0.5)
+        assert cutter.interrupted.is_set()
+        next_reply = np.full(8 * 100, 12000, dtype="<i2").tobytes()  # 100 ms, loud
+        await worker.queue_frame(TTSAudioRawFrame(next_reply, 8000, 1))
+        await asyncio.sleep(0.5)
+    finally:
+        await worker.cancel()
+        await twilio.close()
+        await asyncio.wait_for(run, 5)
+
+    events = [m["event"] for m in twilio.sent]
+    assert "clear" in events, events
+    after_clear = [m for m in twilio.sent[events.index("clear") + 1:] if m["event"] == "media"]
+    levels = [round(_level(m)) for m in after_clear]
+    # Only the next reply's five 20 ms chunks: nothing of the reply that was cut off.
+    assert len(after_clear) == 5 and min(levels) > 8000, levels
