@@ -258,6 +258,11 @@ async def run_level(url: str, server: str, calls: int, wav: str) -> LevelResult:
     return result
 
 
+def _split(calls: int, lanes: int) -> list[int]:
+    """``calls`` shared out over ``lanes`` as evenly as possible (every call placed)."""
+    return [calls // lanes + (i < calls % lanes) for i in range(lanes)]
+
+
 async def run_leaks(url: str, wav: str, calls: int, lanes: int, warmup: int = 20) -> LeakResult:
     """Many short calls (1 s of speech, hang-up mid-greeting); the server before and after.
 
@@ -291,11 +296,11 @@ async def run_leaks(url: str, wav: str, calls: int, lanes: int, warmup: int = 20
         return await _stats(client, collect=True)
 
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        await asyncio.gather(*(lane(warmup // lanes) for _ in range(lanes)))
+        await asyncio.gather(*(lane(n) for n in _split(warmup, lanes)))
         before = await settled(client)
         await client.post("/debug/stats/reset")
         started = time.monotonic()
-        await asyncio.gather(*(lane(calls // lanes) for _ in range(lanes)))
+        await asyncio.gather(*(lane(n) for n in _split(calls, lanes)))
         duration = time.monotonic() - started
         after = await settled(client)
     return LeakResult(
