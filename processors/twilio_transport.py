@@ -48,7 +48,6 @@ class TwilioOutputTransport(FastAPIWebsocketOutputTransport):
         """Same arguments as ``FastAPIWebsocketOutputTransport``."""
         super().__init__(*args, **kwargs)
         self._cut_before_id = -1
-        self.stale_chunks_dropped = 0
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         """Note the interruption, then let Pipecat handle the frame (and send the ``clear``)."""
@@ -66,7 +65,6 @@ class TwilioOutputTransport(FastAPIWebsocketOutputTransport):
             Whether the chunk was written (False for a dropped one, so it goes no further).
         """
         if frame.interruptible and frame.id < self._cut_before_id:
-            self.stale_chunks_dropped += 1
             logger.debug(f"{self}: dropped a chunk of interrupted audio that was on its way out")
             return False
         return await super().write_audio_frame(frame)
@@ -94,6 +92,8 @@ class TwilioWebsocketTransport(FastAPIWebsocketTransport):
             ValueError: As ``FastAPIWebsocketTransport`` (an origin not allowed).
         """
         super().__init__(websocket, params, input_name=input_name, output_name=output_name)
+        # Pipecat builds its output in __init__ and has no hook to choose the class; the
+        # one built there is replaced before anything has started or referenced it.
         self._output = TwilioOutputTransport(self, self._client, self._params, name=self._output_name)
 
 

@@ -266,8 +266,16 @@ async def test_a_stalled_model_is_reconnected(tmp_path, speech):
     assert "model stalled" in log.read_text()
 
 
+#: Tool faults: how the caller behaves, the error type recorded, and the call SID's digit.
+TOOL_FAULTS = {
+    "raising": (CallerBehaviour(), "tool_failed", "1"),
+    "hanging": (CallerBehaviour(pause_ms=3000), "timeout", "2"),
+    "interrupted": (CallerBehaviour(barge_in_after_ms=600), "cancelled", "3"),
+}
+
+
 @pytest.mark.asyncio
-@pytest.mark.parametrize("fault", ["raising", "hanging", "interrupted"])
+@pytest.mark.parametrize("fault", list(TOOL_FAULTS))
 async def test_a_failing_tool(tmp_path, speech, fault):
     """The first tool the agent calls (``get_caller_context``) raises, hangs, or is cut off.
 
@@ -283,11 +291,7 @@ async def test_a_failing_tool(tmp_path, speech, fault):
 
     booking_db = tmp_path / "booking.db"
     lock: sqlite3.Connection | None = None
-    behaviour = {
-        "raising": CallerBehaviour(),
-        "hanging": CallerBehaviour(pause_ms=3000),
-        "interrupted": CallerBehaviour(barge_in_after_ms=600),
-    }[fault]
+    behaviour, expected, digit = TOOL_FAULTS[fault]
     with running_server(tmp_path) as (url, log):
         database = sqlite3.connect(booking_db, isolation_level=None)
         if fault == "raising":
@@ -296,7 +300,7 @@ async def test_a_failing_tool(tmp_path, speech, fault):
         else:
             database.execute("BEGIN EXCLUSIVE")
             lock = database
-        call_sid = "CA" + str(["raising", "hanging", "interrupted"].index(fault) + 1) * 32
+        call_sid = "CA" + digit * 32
         call = asyncio.create_task(run_call(url, speech, auth_token=TOKEN, max_call_s=90,
                                             reply_timeout_s=20, call_sid=call_sid, behaviour=behaviour))
         try:
@@ -316,7 +320,6 @@ async def test_a_failing_tool(tmp_path, speech, fault):
     assert record["tool_calls"], "the tool call is missing from the record"
     tool = record["tool_calls"][0]
     assert tool["name"] == "get_caller_context"
-    expected = {"raising": "tool_failed", "hanging": "timeout", "interrupted": "cancelled"}[fault]
     assert tool["error"]["error"]["type"] == expected, tool
     assert result.all_answered, result.summary()
     assert record["end_reason"] in ("agent_ended", "caller_hung_up")

@@ -408,7 +408,7 @@ class ToolRegistry:
             return done(result=_as_result(raw))
         except TimeoutError:
             task.cancel()
-            task.add_done_callback(_retrieve_late_outcome)
+            _keep_until_done(task).add_done_callback(_retrieve_late_outcome)
             return done(error=error_payload("timeout", f"{name} did not answer within {spec.timeout_s:g} s."))
         except asyncio.CancelledError:
             task.cancel()
@@ -446,7 +446,8 @@ class ToolRegistry:
             on_outcome: Called as ``on_outcome(name, args, outcome)`` (sync or async)
                 after each call, e.g. to record it; its errors are logged, not raised.
                 A call Pipecat cancels (barge-in, its deadline, the call's end) is
-                reported too, with a ``cancelled`` error, from a task of its own.
+                reported too, with a ``cancelled`` error. Reports run in a task of
+                their own, so cancelling the handler never loses one.
             on_slow: Passed to :meth:`call`.
         """
         for spec in self._tools.values():
@@ -464,12 +465,17 @@ class ToolRegistry:
         on_slow: SlowHook | None,
     ) -> Callable[[Any], Awaitable[None]]:
         async def report(name: str, args: dict[str, Any], outcome: ToolOutcome) -> None:
-            if on_outcome is None:
-                return
             try:
                 await _maybe_await(on_outcome(name, args, outcome))
             except Exception as e:
                 logger.opt(exception=e).error(f"tool {name}: on_outcome failed")
+
+        def record(name: str, args: dict[str, Any], outcome: ToolOutcome) -> asyncio.Future | None:
+            # In a task of its own: Pipecat may cancel the handler (a barge-in, the
+            # call's end) while, or before, the record is written.
+            if on_outcome is None:
+                return None
+            return _keep_until_done(asyncio.ensure_future(report(name, args, outcome)))
 
         async def handler(params: Any) -> None:
             name = params.function_name
@@ -487,16 +493,16 @@ class ToolRegistry:
                 except asyncio.CancelledError:
                     # Pipecat cancels a call when the caller barges in (the tool's
                     # ``cancel_on_interruption``), at its own deadline, or when the call
-                    # ends. The model is told by Pipecat; the record is told here, by a
-                    # task of its own, since this one is being cancelled.
+                    # ends; it tells the model itself.
                     ms = (time.perf_counter() - started) * 1000
                     logger.info(f"tool {name} -> cancelled after {ms:.0f} ms")
                     message = f"{name} was cancelled before it answered (the caller spoke, or the call ended)."
-                    cancelled = ToolOutcome(result=None, error=error_payload("cancelled", message), duration_ms=ms)
-                    _keep_until_done(asyncio.ensure_future(report(name, args, cancelled)))
+                    record(name, args, ToolOutcome(result=None, error=error_payload("cancelled", message), duration_ms=ms))
                     raise
             await params.result_callback(outcome.payload)
-            await report(name, args, outcome)
+            written = record(name, args, outcome)
+            if written is not None:
+                await asyncio.shield(written)
 
         return handler
 
@@ -615,10 +621,11 @@ async def _maybe_await(value: Any) -> Any:
 _background: set[asyncio.Future] = set()
 
 
-def _keep_until_done(task: asyncio.Future) -> None:
-    """Hold a reference to a fire-and-forget task until it ends (asyncio keeps only weak ones)."""
+def _keep_until_done(task: asyncio.Future) -> asyncio.Future:
+    """Hold a reference to a task nobody awaits until it ends (asyncio keeps only weak ones)."""
     _background.add(task)
     task.add_done_callback(_background.discard)
+    return task
 
 
 def _retrieve_late_outcome(task: asyncio.Future) -> None:
