@@ -155,6 +155,7 @@ async def run_bot(
             audio_in_sample_rate=TWILIO_SAMPLE_RATE, audio_out_sample_rate=TWILIO_SAMPLE_RATE
         ),
         enable_rtvi=False,
+        enable_turn_tracking=False,
         idle_timeout_secs=None,
         name=f"call-{call_sid}",
     )

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pipecat.frames.frames import Frame
 from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.filters.function_filter import FunctionFilter
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketTransport
 
 from config import Settings
@@ -55,6 +57,30 @@ class CallContext:
     local_openai_url: str | None = None
     resources: "Resources | None" = None
     control: "CallControl | None" = None
+
+
+def last_stop(frame_type: type[Frame], name: str) -> FunctionFilter:
+    """A filter that ends the journey of ``frame_type`` frames going downstream.
+
+    Pipecat's processors forward what they do not consume, so without this every
+    20 ms of caller audio (``InputAudioRawFrame``) would travel on past the model
+    to the end of the pipeline, and every 20 ms of agent audio on past the output
+    transport: a queue hop and a task switch at each processor, for nothing. The
+    filter runs in direct mode (in the pusher's task: no hop of its own) and lets
+    every other frame through.
+
+    Args:
+        frame_type: The frame class (and its subclasses) to drop.
+        name: The processor's name in logs and graph pictures.
+
+    Returns:
+        Pipecat's :class:`FunctionFilter`, system frames included.
+    """
+
+    async def keep(frame: Frame) -> bool:
+        return not isinstance(frame, frame_type)
+
+    return FunctionFilter(keep, filter_system_frames=True, enable_direct_mode=True, name=name)
 
 
 def opening_context(call: CallContext) -> LLMContext:

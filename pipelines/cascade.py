@@ -20,11 +20,11 @@ transcript logger, the heard-context keeper and the tools. Services per
 from __future__ import annotations
 
 from loguru import logger
-from pipecat.frames.frames import OutputAudioRawFrame
+from pipecat.frames.frames import InputAudioRawFrame, OutputAudioRawFrame
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.processors.frame_processor import FrameProcessor
 
-from pipelines.base import CallContext, follow_playout, opening_context
+from pipelines.base import CallContext, follow_playout, last_stop, opening_context
 from pipelines.call_settings import agent_config
 from pipelines.cascade_services import CascadeSettings, cascade_services
 from pipelines.tools import attach_tools
@@ -76,6 +76,7 @@ def build(call: CallContext) -> list[FrameProcessor]:
         services.stt,  # each caller utterance (cut by the VAD) -> text
         transcript.user(),  # caller turns -> call record
         context_aggregators.user(),  # Silero VAD + smart-turn: caller turns and barge-in
+        last_stop(InputAudioRawFrame, "CallerAudioEnd"),  # caller audio goes no further than the VAD
         DTMFToAgent(),  # keys the caller presses -> the LLM
         transcript.keys(),  # keys pressed -> call record
         services.llm,  # OpenAI chat completions, streamed; tools
@@ -83,5 +84,6 @@ def build(call: CallContext) -> list[FrameProcessor]:
         AudioResamplerProcessor(TWILIO_SAMPLE_RATE, OutputAudioRawFrame),  # 24 kHz -> 8 kHz
         playout,  # 20 ms frames + Twilio marks; what was heard; agent turns -> call record
         call.transport.output(),  # mu-law media frames and marks to Twilio
+        last_stop(OutputAudioRawFrame, "AgentAudioEnd"),  # sent audio goes no further
         context_aggregators.assistant(),
     ]

@@ -18,7 +18,7 @@ from pipecat.frames.frames import InputAudioRawFrame, OutputAudioRawFrame
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.processors.frame_processor import FrameProcessor
 
-from pipelines.base import CallContext, follow_playout, opening_context
+from pipelines.base import CallContext, follow_playout, last_stop, opening_context
 from pipelines.call_settings import agent_config
 from pipelines.services import speech_to_speech
 from pipelines.tools import attach_tools
@@ -60,9 +60,11 @@ def build(call: CallContext) -> list[FrameProcessor]:
         AudioResamplerProcessor(s2s.input_sample_rate, InputAudioRawFrame, enable_direct_mode=True),  # 8 kHz -> model
         transcript.user(),  # caller turns -> call record
         s2s.service,  # the speech-to-speech model
+        last_stop(InputAudioRawFrame, "CallerAudioEnd"),  # caller audio goes no further than the model
         AudioResamplerProcessor(TWILIO_SAMPLE_RATE, OutputAudioRawFrame, enable_direct_mode=True),  # model -> 8 kHz
         playout,  # 20 ms frames + Twilio marks; what was heard; agent turns -> call record
         call.transport.output(),  # mu-law media frames and marks to Twilio
+        last_stop(OutputAudioRawFrame, "AgentAudioEnd"),  # sent audio goes no further
         context_aggregators.assistant(),
     ]
 
