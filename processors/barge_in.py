@@ -3,12 +3,14 @@
 :class:`PlayoutTracker` sits just before the output transport. For each reply of the
 agent (the audio between ``TTSStartedFrame`` and ``TTSStoppedFrame``) it:
 
-- cuts the audio into 20 ms frames and sends a named Twilio ``mark`` after each one,
+- cuts the audio into 20 ms frames (Twilio's own frame size) and sends a named Twilio
+  ``mark`` after every third one (:data:`MARK_MS`) and after the reply's last one,
   remembering how far into the reply (ms) each mark sits. Twilio echoes a mark when the
   audio before it has played, so the newest echo of the current reply is the played
-  position, to 20 ms. A mark per 20 ms frame (Twilio's own frame size) costs one small
-  JSON message per frame and needs no wall-clock interpolation; per-segment marks would
-  need one. Source: https://www.twilio.com/docs/voice/media-streams/websocket-messages
+  position, to 60 ms; the echo canceller interpolates between echoes. A mark per 20 ms
+  frame would double the messages each way while the agent speaks (media + mark out,
+  mark echo in), and measured 15% of the server's CPU at 10 calls (``make bench``).
+  Source: https://www.twilio.com/docs/voice/media-streams/websocket-messages
   ("mark": echoed when the audio before it is played, and at once for pending marks
   when a ``clear`` empties the buffer);
 - on an ``InterruptionFrame`` (the caller's turn started) while the reply is still
@@ -48,10 +50,13 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from records import utc_now
 
-__all__ = ["FRAME_MS", "PlayoutTracker", "Reply", "heard_text"]
+__all__ = ["FRAME_MS", "MARK_MS", "PlayoutTracker", "Reply", "heard_text"]
 
-#: Twilio's media frame, and our mark spacing, in milliseconds.
+#: Twilio's media frame: the size of each audio frame we send, in milliseconds.
 FRAME_MS = 20
+#: Our mark spacing, in milliseconds (a whole number of frames); a reply's last frame
+#: is always marked too.
+MARK_MS = 3 * FRAME_MS
 _MARK_NAME = re.compile(r"^r(\d+):(\d+)$")
 
 
@@ -65,7 +70,10 @@ class Reply:
         audio: The reply's 16-bit PCM as sent, kept as the echo reference.
         generated_text: Everything the model said for this reply.
         sent_ms: Audio sent to Twilio so far, in ms (20 ms steps).
+        marked_ms: Position of the newest mark sent, in ms.
         played_ms: Audio Twilio reported played (newest mark echo), in ms.
+            While the reply plays it lags the caller's ear by up to :data:`MARK_MS`;
+            it is what the caller surely heard.
         done: The model has finished the reply (``TTSStoppedFrame``).
         interrupted: The caller cut the reply off.
         started_at: ISO 8601 UTC time the first frame was sent.
@@ -78,6 +86,7 @@ class Reply:
     audio: bytearray = field(default_factory=bytearray)
     generated_text: str = ""
     sent_ms: int = 0
+    marked_ms: int = 0
     played_ms: int = 0
     done: bool = False
     interrupted: bool = False
@@ -104,7 +113,7 @@ class Reply:
         if self.last_echo_at is None:
             return 0.0
         elapsed_ms = ((now or time.monotonic()) - self.last_echo_at) * 1000
-        return min(self.played_ms + min(elapsed_ms, FRAME_MS), self.sent_ms)
+        return min(self.played_ms + min(elapsed_ms, MARK_MS), self.sent_ms)
 
     @property
     def heard_text(self) -> str:
@@ -244,13 +253,16 @@ class PlayoutTracker(FrameProcessor):
             await self._push_chunk(reply, chunk, frame)
 
     async def _flush_pending(self, template: Frame) -> None:
-        """Send the audio short of a whole frame, padded with silence to 20 ms."""
+        """End the reply's audio: the part short of a whole frame, padded with silence
+        to 20 ms, then a mark after its last frame."""
         reply = self._reply
         if reply and self._pending:
             size = 2 * reply.sample_rate * FRAME_MS // 1000
             chunk = bytes(self._pending).ljust(size, b"\x00")
             self._pending.clear()
             await self._push_chunk(reply, chunk, template)
+        if reply and reply.marked_ms < reply.sent_ms:
+            await self._mark(reply)
 
     async def _push_chunk(self, reply: Reply, chunk: bytes, template: Frame) -> None:
         out = TTSAudioRawFrame(chunk, reply.sample_rate, 1)
@@ -259,6 +271,12 @@ class PlayoutTracker(FrameProcessor):
             reply.started_at = utc_now()
         await self.push_frame(out)
         reply.sent_ms += FRAME_MS
+        if reply.sent_ms - reply.marked_ms >= MARK_MS:
+            await self._mark(reply)
+
+    async def _mark(self, reply: Reply) -> None:
+        """Send a mark at the reply's audio sent so far, named ``r<reply>:<ms>``."""
+        reply.marked_ms = reply.sent_ms
         mark = {
             "event": "mark",
             "streamSid": self._stream_sid,

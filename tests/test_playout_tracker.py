@@ -12,6 +12,7 @@ import pytest
 from pipecat.frames.frames import (
     InputTransportMessageFrame,
     InterruptionFrame,
+    OutputTransportMessageFrame,
     TTSAudioRawFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
@@ -39,7 +40,7 @@ def _echo(reply_id: int, *positions_ms: int) -> list:
     return frames
 
 
-async def _run(frames: list) -> list:
+async def _run(frames: list, marks: list | None = None) -> list:
     tracker = PlayoutTracker("MZ1")
     finished = []
 
@@ -47,16 +48,26 @@ async def _run(frames: list) -> list:
     async def on_reply_finished(_tracker, reply):
         finished.append(reply)
 
-    await run_test(tracker, frames_to_send=frames)
+    down, _up = await run_test(tracker, frames_to_send=frames)
+    if marks is not None:
+        marks += [f.message["mark"]["name"] for f in down if isinstance(f, OutputTransportMessageFrame)]
     return finished
+
+
+@pytest.mark.asyncio
+async def test_marks_every_60_ms_and_after_the_last_frame():
+    marks: list[str] = []
+    await _run(_reply("Hello there.", 210) + _reply("Yes.", 120), marks)
+    # 210 ms -> 11 frames of 20 ms (the last padded); a mark every third frame, and the last
+    assert marks == ["r1:60", "r1:120", "r1:180", "r1:220", "r2:60", "r2:120"]
 
 
 @pytest.mark.asyncio
 async def test_a_reply_still_playing_when_the_next_begins_is_reported_when_it_has_played():
     finished = await _run(
-        _reply("One moment.", 100) + _echo(1, 20, 40)
+        _reply("One moment.", 100) + _echo(1, 60)
         + _reply("Welcome back.", 60)  # begins while Twilio still plays the first
-        + _echo(1, 60, 80, 100) + _echo(2, 20, 40, 60)
+        + _echo(1, 100) + _echo(2, 60)
     )
     assert [(r.reply_id, r.generated_text, r.interrupted, r.played_ms, r.sent_ms) for r in finished] == [
         (1, "One moment.", False, 100, 100),
@@ -68,11 +79,11 @@ async def test_a_reply_still_playing_when_the_next_begins_is_reported_when_it_ha
 @pytest.mark.asyncio
 async def test_a_barge_in_cuts_both_the_reply_playing_and_the_one_queued_behind_it():
     finished = await _run(
-        _reply("One moment while I check.", 100) + _echo(1, 20, 40)
+        _reply("One moment while I check.", 100) + _echo(1, 60)
         + _reply("Welcome back to the hotel.", 100)
         + [InterruptionFrame(), PAUSE]
-        + _echo(1, 60, 80, 100)  # echoes a clear releases: that audio was dropped, not heard
+        + _echo(1, 100)  # an echo a clear releases: that audio was dropped, not heard
     )
-    assert [(r.reply_id, r.interrupted, r.played_ms) for r in finished] == [(1, True, 40), (2, True, 0)]
+    assert [(r.reply_id, r.interrupted, r.played_ms) for r in finished] == [(1, True, 60), (2, True, 0)]
     assert finished[0].heard_text == "One moment"
     assert finished[1].heard_text == ""
