@@ -20,10 +20,11 @@ GRAPH ?=
 setup: $(VENV)/.synced espeak-ng
 
 # Debian packages the tests use: PostgreSQL's server binaries (tests/postgres.py),
-# redis-server (tests/test_events.py) and chromium (tests/test_dashboard_browser.py).
+# redis-server (tests/test_events.py), chromium (tests/test_dashboard_browser.py) and
+# nginx (tests/test_workers_e2e.py, offline/proxy.py).
 test-deps:
-	@for pkg in redis-server:redis-server chromium:chromium; do \
-	  command -v $${pkg%%:*} >/dev/null || { \
+	@for pkg in redis-server:redis-server chromium:chromium nginx:nginx-light; do \
+	  command -v $${pkg%%:*} >/dev/null || [ -x /usr/sbin/$${pkg%%:*} ] || { \
 	    if [ "$$(id -u)" = 0 ]; then \
 	      echo "installing $${pkg#*:} from Debian"; \
 	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $${pkg#*:} >/dev/null; \

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     HOST: str = "127.0.0.1"
     PORT: int = Field(default=8000, ge=0, le=65535)
     PUBLIC_BASE_URL: str | None = None
+    # This process's path under PUBLIC_BASE_URL when several share one origin
+    # (docs/deployment.md): e.g. "/w1"; the proxy routes /w1/... here.
+    WORKER_PREFIX: str = Field(default="", pattern=r"^(/[A-Za-z0-9_-]+)?$")
 
     TWILIO_ACCOUNT_SID: str | None = None
     TWILIO_AUTH_TOKEN: SecretStr | None = None
@@ -195,6 +198,19 @@ class Settings(BaseSettings):
         if self.PUBLIC_BASE_URL:
             return self.PUBLIC_BASE_URL.rstrip("/")
         return f"http://{self.HOST}:{self.PORT}"
+
+    @property
+    def worker_base_url(self) -> str:
+        """The base of the URLs this process gives Twilio for a call it took.
+
+        The stream URL in the TwiML and an outbound call's callbacks are built from it,
+        so with several processes behind one origin a call's stream and callbacks come
+        back to the process that answered its webhook (docs/deployment.md).
+
+        Returns:
+            :attr:`public_base_url` + ``WORKER_PREFIX``, e.g. ``https://voice.example.com/w1``.
+        """
+        return self.public_base_url + self.WORKER_PREFIX
 
     @property
     def auth_token(self) -> str | None:

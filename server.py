@@ -84,7 +84,7 @@ from twiml import (
     voicemail_twiml,
 )
 
-__all__ = ["MEDIA_STREAM_PATH", "connect_twiml", "create_app", "drain", "main", "stream_url"]
+__all__ = ["MEDIA_STREAM_PATH", "WorkerPrefix", "connect_twiml", "create_app", "drain", "main", "stream_url"]
 
 #: How long a new media stream may take to send ``start`` before we close it, in s.
 START_TIMEOUT_SECS = 10.0
@@ -99,6 +99,37 @@ CONNECT_WAIT_SECS = 5.0
 _STATUS_RE = re.compile(r"[a-z-]{1,32}")  # CallStatus values, e.g. no-answer
 _ANSWERED_BY_RE = re.compile(r"[a-z_]{1,32}")  # AnsweredBy values, e.g. machine_end_beep
 _XML = "application/xml"
+
+
+class WorkerPrefix:
+    """ASGI middleware: serve ``<prefix>/x`` as ``/x``, for a process behind a shared origin.
+
+    Several server processes can share one public origin when a proxy routes each
+    ``WORKER_PREFIX`` to its process and everything else (the voice webhook) to any of
+    them (docs/deployment.md). The process that answers a webhook names its prefix in
+    the TwiML's stream URL and in the call's callbacks, so the call comes back to it.
+
+    A request whose path starts with the prefix gets it as its ASGI ``root_path``:
+    routes match the rest, and ``request.url`` keeps the whole path, which is the URL
+    Twilio requested and signed. Other requests pass unchanged. The proxy must pass the
+    path on as it is (not strip the prefix).
+
+    Args:
+        app: The ASGI app.
+        prefix: e.g. ``/w1``.
+    """
+
+    def __init__(self, app, prefix: str):
+        self.app = app
+        self.prefix = prefix
+
+    async def __call__(self, scope, receive, send):
+        """Handle one ASGI connection (``http``, ``websocket`` or ``lifespan``)."""
+        if scope["type"] in ("http", "websocket"):
+            path = scope["path"]
+            if path == self.prefix or path.startswith(self.prefix + "/"):
+                scope = {**scope, "root_path": scope.get("root_path", "") + self.prefix}
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -122,7 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.statuses = app.state.resources.store  # status changes live in the call records
         dashboard.start(app)
         logger.info(
-            f"serving calls with provider '{settings.provider}' at {settings.public_base_url} "
+            f"serving calls with provider '{settings.provider}' at {settings.worker_base_url} "
             f"(pid {os.getpid()}, at most {settings.MAX_CONCURRENT_CALLS} calls)"
         )
         _log_doors(settings)
@@ -136,6 +167,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.resources.stop()
 
     app = FastAPI(title="Phone voice agent", lifespan=lifespan)
+    if settings.WORKER_PREFIX:
+        app.add_middleware(WorkerPrefix, prefix=settings.WORKER_PREFIX)
     app.state.settings = settings
     app.state.calls = {}  # call SID -> the task serving its media stream
     app.state.tokens = StreamTokens()
@@ -265,7 +298,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         plan = plan_call(body, from_number)
         ttl = settings.OUTBOUND_RING_TIMEOUT_SECS + RING_TIMEOUT_BUFFER_SECS + settings.STREAM_TOKEN_TTL_SECS
         token = tokens.issue(None, ttl, plan)
-        base = settings.public_base_url
+        base = settings.worker_base_url  # the callbacks come back to this process
         try:
             call_sid = await create_call(
                 settings, to=plan.to, from_=plan.from_,

@@ -40,14 +40,16 @@ def stream_url(settings: Settings) -> str:
     """The WebSocket URL Twilio connects the media stream to.
 
     Args:
-        settings: Gives ``PUBLIC_BASE_URL`` (https -> wss, http -> ws).
+        settings: Gives ``PUBLIC_BASE_URL`` (https -> wss, http -> ws) and
+            ``WORKER_PREFIX`` (this process's path behind a shared origin).
 
     Returns:
-        e.g. ``wss://abc.ngrok.app/twilio/media-stream``.
+        e.g. ``wss://abc.ngrok.app/twilio/media-stream``, or
+        ``wss://voice.example.com/w1/twilio/media-stream`` with ``WORKER_PREFIX=/w1``.
     """
     parts = urlsplit(settings.public_base_url)
     scheme = "wss" if parts.scheme == "https" else "ws"
-    return f"{scheme}://{parts.netloc}{MEDIA_STREAM_PATH}"
+    return f"{scheme}://{parts.netloc}{settings.WORKER_PREFIX}{MEDIA_STREAM_PATH}"
 
 
 def _stream_response(settings: Settings, parameters: dict[str, str]) -> str:

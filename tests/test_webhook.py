@@ -72,6 +72,28 @@ def test_signature_is_checked_against_the_public_url_behind_a_proxy(signed_clien
     assert response.status_code == 200
 
 
+def test_a_process_behind_a_shared_origin_names_its_prefix_and_serves_under_it(tmp_path):
+    """WORKER_PREFIX: the webhook (round robin, no prefix) and the prefixed stream and
+    callbacks are all served, each checked against the URL Twilio signed."""
+    app = _app(tmp_path, TWILIO_AUTH_TOKEN=TOKEN, PUBLIC_BASE_URL=PUBLIC, WORKER_PREFIX="/w2")
+    with TestClient(app) as client:
+        response = client.post("/twilio/incoming-call", data=FORM,
+                               headers={"X-Twilio-Signature": _sign(PUBLIC + "/twilio/incoming-call", FORM)})
+        assert response.status_code == 200
+        stream = ET.fromstring(response.text).find("./Connect/Stream")
+        assert stream.get("url") == "wss://agent.example.ngrok.app/w2/twilio/media-stream"
+
+        status = {"CallSid": FORM["CallSid"], "CallStatus": "completed", "SequenceNumber": "0"}
+        signed = _sign(PUBLIC + "/w2/twilio/call-status", status)
+        assert client.post("/w2/twilio/call-status", data=status,
+                           headers={"X-Twilio-Signature": signed}).status_code == 204
+        # the same request signed for the unprefixed URL is not the one Twilio sent
+        unprefixed = _sign(PUBLIC + "/twilio/call-status", status)
+        assert client.post("/w2/twilio/call-status", data=status,
+                           headers={"X-Twilio-Signature": unprefixed}).status_code == 403
+        assert client.get("/w1/health").status_code == 404  # another process's prefix
+
+
 @pytest.mark.parametrize(
     "signed_url,path,form",
     [
@@ -125,6 +147,7 @@ def test_unknown_call_record_is_404(tmp_path):
         ({"HOST": "0.0.0.0"}, "TWILIO_AUTH_TOKEN"),
         ({"PUBLIC_BASE_URL": "agent.example.com"}, "PUBLIC_BASE_URL"),
         ({"PORT": "not-a-port"}, "PORT"),
+        ({"WORKER_PREFIX": "w1/"}, "WORKER_PREFIX"),
     ],
 )
 def test_bad_configuration_names_the_variable(monkeypatch, env, variable):
