@@ -233,8 +233,10 @@ class ProbedRealtimeMixin:
     """Latency hooks for an OpenAI Realtime service (Pipecat's ``OpenAIRealtimeLLMService``).
 
     Put it first in the bases. It reports the caller audio sent on the model socket
-    (decoded length of each ``input_audio_buffer.append`` at 24 kHz, the Realtime
-    API's PCM rate) and the first audio delta of each response. Nothing else changes.
+    (decoded length of each ``input_audio_buffer.append``, over the service's
+    ``input_audio_bytes_per_s``: 48000 for the Realtime API's 16-bit PCM at 24 kHz,
+    8000 for ``audio/pcmu``) and the first audio delta of each response. Nothing else
+    changes.
     """
 
     _PCM_BYTES_PER_S = 24000 * 2  # 16-bit mono at 24 kHz (platform.openai.com realtime docs)
@@ -256,7 +258,8 @@ class ProbedRealtimeMixin:
             if isinstance(audio, str):
                 size = len(audio) * 3 // 4 - audio[-2:].count("=")
                 connected = self._websocket is not None and not self._disconnecting
-                probe.audio_to_model(size / self._PCM_BYTES_PER_S, sent=connected)
+                rate = getattr(self, "input_audio_bytes_per_s", self._PCM_BYTES_PER_S)
+                probe.audio_to_model(size / rate, sent=connected)
         return await super().send_client_event(event)
 
     async def _handle_evt_audio_delta(self, evt):

@@ -17,8 +17,11 @@ Every line is spoken with espeak-ng (:mod:`offline.tts`). Caller audio is not
 recognised: the transcript of a caller turn only says how long they spoke,
 ``"[caller spoke 2.4 s]"``, measured by the energy detector below.
 
-Audio is PCM16 mono at 24000 Hz in both directions (the Realtime API's
-``audio/pcm`` format, the one Pipecat uses).
+Audio is PCM16 mono at 24000 Hz (the Realtime API's ``audio/pcm`` format, the one
+Pipecat uses) unless the session's input format is ``audio/pcmu``: then the caller's
+audio arrives as G.711 mu-law at 8000 Hz, which the server decodes with CPython's
+``audioop`` (an implementation independent of ours) and repeats each sample three
+times to 24000 Hz for the energy detector below. Replies are always PCM at 24000 Hz.
 
 Energy detector: audio is cut into 20 ms frames and each frame's RMS level is
 taken in dBFS. A frame is speech when its level is 10 dB above the noise floor,
@@ -43,6 +46,7 @@ default 3.0).
 
 import argparse
 import asyncio
+import warnings
 import base64
 import binascii
 import json
@@ -65,12 +69,17 @@ from offline.booking_script import BOOKING_TOOLS, BookingScript, SayLine, ToolCa
 from offline.common import ReceivedLog, wait_unless_cancelled
 from offline.tts import synthesize_async
 
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # audioop leaves CPython in 3.13
+    import audioop
+
 SAMPLE_RATE = 24000
 """Audio sample rate in Hz, both directions."""
 BYTES_PER_SECOND = SAMPLE_RATE * 2
 """PCM16 mono bytes per second of audio."""
 PATH = "/v1/realtime"
 PCM_FORMAT = {"type": "audio/pcm", "rate": SAMPLE_RATE}
+PCMU = "audio/pcmu"
 
 AUDIO_DELTA_MS = 60
 """Length of the audio in one ``response.output_audio.delta``, in ms."""
@@ -376,10 +385,10 @@ class _Call:
         names = {t.get("name") for t in self.session.get("tools") or [] if isinstance(t, dict)}
         if self.booking is None and BOOKING_TOOLS <= names:
             self.booking = BookingScript(tools=names)
-        for direction in ("input", "output"):
+        for direction, supported in (("input", ("audio/pcm", PCMU)), ("output", ("audio/pcm",))):
             audio_format = self.session["audio"][direction].get("format")
-            if audio_format and audio_format.get("type") != "audio/pcm":
-                logger.warning(f"Only audio/pcm is supported; ignoring {direction} format {audio_format}")
+            if audio_format and audio_format.get("type") not in supported:
+                logger.warning(f"{direction} audio: only {', '.join(supported)}; ignoring {audio_format}")
         await self.send("session.updated", session=self.session)
 
     async def _on_conversation_item_create(self, event: dict) -> None:
@@ -452,6 +461,9 @@ class _Call:
 
     async def _on_input_audio_buffer_append(self, event: dict) -> None:
         pcm = base64.b64decode(event["audio"], validate=True)
+        if (self.session["audio"]["input"].get("format") or {}).get("type") == PCMU:
+            linear = np.frombuffer(audioop.ulaw2lin(pcm, 2), dtype="<i2")
+            pcm = np.repeat(linear, SAMPLE_RATE // 8000).tobytes()  # 8 kHz -> 24 kHz, for the detector
         self.input_audio += pcm
         if len(self.input_audio) > MAX_INPUT_BUFFER_BYTES:
             del self.input_audio[: len(self.input_audio) - MAX_INPUT_BUFFER_BYTES]

@@ -1,10 +1,11 @@
 """The speech-to-speech graph: Twilio <-> Silero VAD <-> Gemini Live / OpenAI Realtime.
 
 Read :func:`build` top to bottom: it is the order audio flows through a call.
-Caller audio enters at 8 kHz and is resampled once, to the model's input rate; the
-model's audio leaves at 24 kHz and is resampled once, to 8 kHz. Both conversions are
-our low-delay filters (~3 ms each); every other resampler on the path sees matching
-rates and does nothing.
+Caller audio enters at 8 kHz and reaches the model at 8 kHz (mu-law for OpenAI
+Realtime, PCM for Gemini Live: ``pipelines.services``); the model's audio leaves at
+24 kHz and is resampled once, to 8 kHz, by our low-delay filter (~3 ms). The input
+resampler is there for a model that wants another rate; at matching rates it does
+nothing.
 
 Barge-in: the echo canceller removes the agent's own voice from the caller's audio,
 Silero VAD (at least ``BARGE_IN_MIN_SECS`` of speech) starts the caller's turn, which

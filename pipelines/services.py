@@ -2,11 +2,13 @@
 
 Audio each provider takes and returns (and so what our resamplers convert to):
 
-- OpenAI Realtime (and the offline agent, which speaks its protocol): Pipecat's
-  service sends 16-bit PCM at 24 kHz and receives 24 kHz
-  (platform.openai.com/docs/guides/realtime, "audio/pcm" at 24000 Hz). Our
-  resampler lifts the caller's 8 kHz to 24 kHz, so the service's own soxr resampler
-  never runs.
+- OpenAI Realtime (and the offline agent, which speaks its protocol): the caller's
+  audio goes as G.711 mu-law at 8 kHz (``audio/pcmu``, as it came from the phone, as
+  in OpenAI's own Twilio sample: no resampling, a sixth of the bytes of the 24 kHz
+  PCM Pipecat's service sends; our service subclass encodes it), and the replies come
+  back as 16-bit PCM at 24 kHz (``audio/pcm``), which our low-delay resampler takes to
+  8 kHz (platform.openai.com/docs/guides/realtime, session ``audio.input.format`` /
+  ``audio.output.format``). Mu-law replies measured no cheaper (``make bench``).
 - Gemini Live: takes 16-bit PCM at the rate declared in the blob's MIME type
   (``audio/pcm;rate=8000``) and returns 24 kHz (ai.google.dev/gemini-api/docs/live).
   The caller's 8 kHz goes as it is: no resampling on the way in.
@@ -94,6 +96,7 @@ def _openai_realtime(
     session = events.SessionProperties(
         audio=events.AudioConfiguration(
             input=events.AudioInput(
+                format=events.PCMUAudioFormat(),  # the caller's 8 kHz mu-law, as from the phone
                 turn_detection=turn_detection,
                 transcription=events.InputAudioTranscription(
                     model="gpt-4o-transcribe", language=agent.language
@@ -114,7 +117,7 @@ def _openai_realtime(
             session_properties=session,
         ),
     )
-    return SpeechToSpeech(service, input_sample_rate=24000, output_sample_rate=24000)
+    return SpeechToSpeech(service, input_sample_rate=8000, output_sample_rate=24000)
 
 
 def _gemini(settings: Settings, agent: AgentConfig) -> SpeechToSpeech:

@@ -18,6 +18,15 @@ It also adds :meth:`reconnect`: Pipecat's service does not reconnect when its so
 drops, so the call's error handler asks it to, within a deadline; the conversation so
 far is replayed from the context on the new session.
 
+And the caller's audio goes to the model as it came from the phone: G.711 mu-law at
+8 kHz (``audio/pcmu``), when the session's input format says so (``pipelines.services``
+sets it). Pipecat's service only sends 16-bit PCM at 24 kHz, which means lifting
+Twilio's 8 kHz to 24 kHz on every 20 ms frame and sending 6 times the bytes (a 20 ms
+frame's 216 base64 characters become 1,280) for no new information. Source for the
+formats: platform.openai.com/docs/api-reference/realtime-client-events
+(``session.update``: ``audio.input.format``: ``audio/pcm`` at 24000 Hz, ``audio/pcmu``,
+``audio/pcma``).
+
 And a stall watchdog: a model whose socket stays open but which says nothing while a
 response is owed (``response.create`` sent, no ``response.done`` yet) for
 ``stall_secs`` is reported as an error, which the call treats like a dropped socket
@@ -28,6 +37,7 @@ stack answers pings even when the model behind it is hung.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 
 from loguru import logger
@@ -37,12 +47,61 @@ from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
 
 from diagnostics import ProbedRealtimeMixin
 from processors.barge_in import PlayoutTracker
+from processors.g711 import ulaw_encode
 
-__all__ = ["PlayoutAwareOpenAIRealtimeLLMService"]
+__all__ = ["G711CallerAudioMixin", "PlayoutAwareOpenAIRealtimeLLMService"]
+
+#: G.711's sample rate, in Hz; one mu-law byte per sample.
+G711_RATE = 8000
 
 
-class PlayoutAwareOpenAIRealtimeLLMService(ProbedRealtimeMixin, OpenAIRealtimeLLMService):
+class G711CallerAudioMixin:
+    """Send caller audio to OpenAI Realtime as mu-law when the session's input is ``audio/pcmu``.
+
+    Goes after :class:`~diagnostics.ProbedRealtimeMixin` and before Pipecat's
+    :class:`OpenAIRealtimeLLMService` in the bases. With any other input format,
+    Pipecat's own sending (16-bit PCM at 24 kHz) runs unchanged.
+    """
+
+    @property
+    def input_audio_bytes_per_s(self) -> int:
+        """Bytes per second of the caller audio sent: 8000 (mu-law) or 48000 (PCM16, 24 kHz)."""
+        return G711_RATE if self._caller_audio_is_pcmu() else 24000 * 2
+
+    def _caller_audio_is_pcmu(self) -> bool:
+        audio = getattr(self._settings.session_properties, "audio", None)
+        return isinstance(getattr(getattr(audio, "input", None), "format", None), events.PCMUAudioFormat)
+
+    async def _send_user_audio(self, frame):
+        """Append one frame of caller audio to the model's input buffer.
+
+        Args:
+            frame: ``InputAudioRawFrame`` of 16-bit PCM; 8000 Hz when sent as mu-law.
+
+        Raises:
+            ValueError: If the session takes mu-law and the frame is not at 8000 Hz
+                (a graph that forgot to keep the caller's rate).
+        """
+        if not self._caller_audio_is_pcmu():
+            return await super()._send_user_audio(frame)
+        if frame.sample_rate != G711_RATE:
+            raise ValueError(f"audio/pcmu input needs 8000 Hz caller audio, got {frame.sample_rate} Hz")
+        audio = ulaw_encode(frame.audio)
+        if not audio:
+            return
+        await self.send_client_event(events.InputAudioBufferAppendEvent(audio=base64.b64encode(audio).decode()))
+        if self._is_turn_detection_disabled():
+            # Pipecat replays this pre-roll after clearing the input buffer at a barge-in.
+            self._user_audio_preroll_buffer.extend(audio)
+            keep = int(G711_RATE * self._user_audio_preroll_secs)
+            self._user_audio_preroll_buffer = self._user_audio_preroll_buffer[-keep:]
+
+
+class PlayoutAwareOpenAIRealtimeLLMService(ProbedRealtimeMixin, G711CallerAudioMixin, OpenAIRealtimeLLMService):
     """OpenAI Realtime service whose truncation follows what the caller heard.
+
+    It also reconnects on demand, reports a stalled model, and sends the caller's
+    audio as mu-law when the session takes ``audio/pcmu`` (see the module docstring).
 
     Args:
         playout: The call's playout tracker.

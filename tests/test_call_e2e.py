@@ -8,6 +8,7 @@ The simulated caller speaks the Twilio Media Streams protocol over loopback.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from datetime import datetime
 
@@ -67,8 +68,12 @@ async def test_a_call_with_real_speech_is_answered_and_recorded(server, tmp_path
     assert len(users) == len(result.utterances)
     assert len(assistants) == len(result.utterances) + 1  # the greeting and one reply each
     assert [c["name"] for c in record["tool_calls"]][:1] == ["get_caller_context"]
-    for turn in users:
-        assert turn["text"].startswith("[caller spoke ")
+    # The agent measured the caller's speech in the audio it was sent (8 kHz mu-law): about
+    # two thirds of each utterance is voiced. Audio sent or read in the wrong format
+    # would come out at a sixth, or six times, of that.
+    heard = sum(float(re.fullmatch(r"\[caller spoke (\d+\.\d) s\]", t["text"]).group(1)) for t in users)
+    said = sum(u["end_s"] - u["start_s"] for u in result.utterances)
+    assert 0.35 * said <= heard <= 1.2 * said
     for before, after in zip(turns, turns[1:]):
         assert before["role"] != after["role"], "turns alternate caller / agent"
         assert _ts(before["started_at"]) <= _ts(after["started_at"])

@@ -206,6 +206,28 @@ async def test_manual_turns_greeting_commit_cancel_truncate(server, tmp_path):
 
 
 @pytest.mark.asyncio
+async def test_caller_audio_as_pcmu_is_heard_like_pcm(server):
+    """A session whose input format is ``audio/pcmu`` takes 8 kHz mu-law, as a phone sends it."""
+    import audioop  # the reference codec; deprecated in 3.11, still present
+
+    client = await open_call(server, turn_detection=None)
+    pcmu = {"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}
+    await client.send("session.update", session=pcmu)
+    updated = await client.next()
+    assert updated["session"]["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+    with wave.open(SPEECH_WAV) as wav:
+        mulaw = audioop.lin2ulaw(wav.readframes(int(8000 * 1.5)), 2)
+    for i in range(0, len(mulaw), 160):  # 20 ms frames of 160 bytes, as Twilio's
+        await client.send("input_audio_buffer.append", audio=base64.b64encode(mulaw[i : i + 160]).decode())
+    await client.send("input_audio_buffer.commit")
+    turn = await client.until("conversation.item.input_audio_transcription.completed")
+    spoke = CALLER_SPOKE.match(turn[-1]["transcript"])
+    assert spoke, turn[-1]["transcript"]
+    assert 0.6 <= float(spoke.group(1)) <= 1.3  # as the same speech sent as 24 kHz PCM
+    assert {"type": "input_audio_buffer.append", "bytes": 160} in server.received
+
+
+@pytest.mark.asyncio
 async def test_server_vad_detects_turns_and_barge_in(server):
     vad = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500}
     client = await open_call(server, turn_detection=vad)
