@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 import wave
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +43,7 @@ import psutil
 
 from diagnostics import ProcessStats, percentile
 from offline.caller import load_wav_8k, playout_gaps, run_call
+from offline.proxy import nginx_proxy
 from offline.server_process import ROOT, free_port, server_process
 
 AUDIO = ROOT.parent / "shared" / "audio"
@@ -61,21 +62,26 @@ class LevelResult:
     Parameters:
         server: ``ours`` or ``stock``.
         calls: Concurrent calls.
-        cpu_core: Server CPU while all calls were up, in cores (1.0 = one core busy).
+        processes: Server processes sharing the calls (behind one nginx port when > 1).
+        cpu_core: Server CPU while all calls were up, in cores (1.0 = one core busy),
+            summed over the processes.
+        rss_mb: Server peak RSS, MB, summed over the processes.
         system_cpu: The whole machine's CPU use meanwhile, in cores (others included).
-        lag_ms: Event-loop lag figures (``p50``, ``p99``, ``max``), ms.
-        ingress_ms, egress_ms: Added latency figures (``p50``, ``p95``, ``p99``), ms.
+        lag_ms: Event-loop lag figures (``p50``, ``p99``, ``max``), ms; with several
+            processes, the worst process's.
+        ingress_ms, egress_ms: Added latency figures (``p50``, ``p95``, ``p99``), ms;
+            with several processes, the worst process's.
         underruns: Gaps over :data:`UNDERRUN_MS` heard, over all calls.
         calls_with_underruns: Calls that heard at least one.
         worst_gap_ms: Longest gap heard.
         answered: Caller utterances that got a reply / all utterances.
-        rss_mb: Server peak RSS, MB.
         caller_lag_ms: The callers' own loop lag, p99, ms.
         duration_s: Wall time of the level.
     """
 
     server: str
     calls: int
+    processes: int = 1
     cpu_core: float = 0.0
     system_cpu: float = 0.0
     lag_ms: dict = field(default_factory=dict)
@@ -138,14 +144,45 @@ def offline_agent(delay_ms: int = MODEL_DELAY_MS):
         process.wait(timeout=10)
 
 
+_OURS = dict(DIAGNOSTICS="true", MAX_CONCURRENT_CALLS="500", LOG_LEVEL="WARNING", API_KEY="",
+             TWILIO_AUTH_TOKEN="", ALLOW_UNSIGNED_WEBHOOKS="")
+
+
 @contextmanager
 def our_server(agent_url: str, workdir: Path):
     """Our server (``server.py``), diagnostics on; yields its URL."""
-    with server_process(
-        workdir, LOCAL_AGENT_BASE_URL=agent_url, DIAGNOSTICS="true", MAX_CONCURRENT_CALLS="500",
-        LOG_LEVEL="WARNING", API_KEY="", TWILIO_AUTH_TOKEN="", ALLOW_UNSIGNED_WEBHOOKS="",
-    ) as (url, _):
+    with server_process(workdir, LOCAL_AGENT_BASE_URL=agent_url, **_OURS) as (url, _):
         yield url
+
+
+@contextmanager
+def our_workers(agent_url: str, workdir: Path, processes: int):
+    """Several of our server processes behind one nginx port (``docs/deployment.md``).
+
+    Each runs with ``WORKER_PREFIX=/w<n>`` and the proxy's origin as ``PUBLIC_BASE_URL``;
+    they share the call-record and booking databases.
+
+    Yields:
+        ``(proxy URL, [each process's own URL])``: callers use the first, the figures
+        are read from each process.
+    """
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    shared = {"CALLS_DB_PATH": str(workdir / "calls.db"),
+              "DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'booking.db'}"}
+    with ExitStack() as stack:
+        urls = {}
+        for n in range(1, processes + 1):
+            folder = workdir / f"w{n}"
+            folder.mkdir(exist_ok=True)
+            url, _ = stack.enter_context(server_process(
+                folder, LOCAL_AGENT_BASE_URL=agent_url, WORKER_PREFIX=f"/w{n}", PUBLIC_BASE_URL=public,
+                **shared, **_OURS,
+            ))
+            urls[f"/w{n}"] = url
+        ports = {prefix: int(url.rsplit(":", 1)[1]) for prefix, url in urls.items()}
+        proxy = stack.enter_context(nginx_proxy(port, ports, workdir / "nginx"))
+        yield proxy, list(urls.values())
 
 
 @contextmanager
@@ -183,26 +220,33 @@ async def _stats(client: httpx.AsyncClient, *, collect: bool = False) -> dict:
     return (await client.get("/debug/stats", params={"collect": str(collect).lower()})).json()
 
 
-async def run_level(url: str, server: str, calls: int, wav: str) -> LevelResult:
+async def run_level(url: str, server: str, calls: int, wav: str,
+                    process_urls: list[str] | None = None) -> LevelResult:
     """Run ``calls`` concurrent calls against one server and measure them.
 
     Calls start 100 ms apart (at most 5 s for all), so the level is reached in a
     few seconds, as a busy hour would, not in one burst.
 
     Args:
-        url: The server's base URL (diagnostics on).
+        url: Where the callers call: the server's base URL, or the proxy's.
         server: A label, ``ours`` or ``stock``.
         calls: Concurrent calls.
         wav: The callers' speech.
+        process_urls: Each server process's own URL (diagnostics on), when several
+            share ``url``; None: ``url`` is the one process.
 
     Returns:
         The level's figures.
     """
-    result = LevelResult(server, calls)
+    process_urls = process_urls or [url]
+    result = LevelResult(server, calls, processes=len(process_urls))
     caller_lag = ProcessStats()
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        await client.post("/debug/stats/reset")
-        process = psutil.Process((await _stats(client))["pid"])
+    async with AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(httpx.AsyncClient(base_url=u, timeout=10))
+                   for u in process_urls]
+        for client in clients:
+            await client.post("/debug/stats/reset")
+        processes = [psutil.Process((await _stats(client))["pid"]) for client in clients]
         caller_lag.start_lag_probe()
         started = time.monotonic()
         up = {"started": 0, "ended": 0}
@@ -221,9 +265,9 @@ async def run_level(url: str, server: str, calls: int, wav: str) -> LevelResult:
             while True:
                 times = psutil.cpu_times()
                 busy = sum(times) - times.idle - getattr(times, "iowait", 0.0)
-                cpu = process.cpu_times()
-                samples.append((time.monotonic(), cpu.user + cpu.system, busy, up["started"], up["ended"]))
-                peak = max(peak, process.memory_info().rss)
+                cpu = sum(t.user + t.system for t in (p.cpu_times() for p in processes))
+                samples.append((time.monotonic(), cpu, busy, up["started"], up["ended"]))
+                peak = max(peak, sum(p.memory_info().rss for p in processes))
                 result.rss_mb = peak / 2**20
                 await asyncio.sleep(0.5)
 
@@ -231,7 +275,7 @@ async def run_level(url: str, server: str, calls: int, wav: str) -> LevelResult:
         outcomes = await asyncio.gather(*(one(i) for i in range(calls)), return_exceptions=True)
         sampler.cancel()
         await caller_lag.stop_lag_probe()
-        stats = await _stats(client)
+        stats = [await _stats(client) for client in clients]
     result.duration_s = time.monotonic() - started
     full = [s for s in samples if s[3] == calls and s[4] == 0]  # every call up
     if len(full) < 2:
@@ -239,9 +283,9 @@ async def run_level(url: str, server: str, calls: int, wav: str) -> LevelResult:
     span = full[-1][0] - full[0][0] or 1.0
     result.cpu_core = (full[-1][1] - full[0][1]) / span
     result.system_cpu = (full[-1][2] - full[0][2]) / span
-    result.lag_ms = stats["loop_lag_ms"]
-    result.ingress_ms = stats["ingress_ms"]
-    result.egress_ms = stats["egress_ms"]
+    result.lag_ms = _worst([s["loop_lag_ms"] for s in stats])
+    result.ingress_ms = _worst([s["ingress_ms"] for s in stats])
+    result.egress_ms = _worst([s["egress_ms"] for s in stats])
     result.caller_lag_ms = percentile(list(caller_lag.loop_lag_ms), 99) or 0.0
     answered = total = 0
     for outcome in outcomes:
@@ -256,6 +300,15 @@ async def run_level(url: str, server: str, calls: int, wav: str) -> LevelResult:
         total += len(outcome.utterances)
     result.answered = (answered, total)
     return result
+
+
+def _worst(figures: list[dict]) -> dict:
+    """Per figure (``p50``, ``p99``, ...), the highest over the processes; counts (``n``) summed."""
+    worst = {}
+    for k in {k for f in figures for k in f}:
+        values = [f[k] for f in figures if f.get(k) is not None]
+        worst[k] = (sum(values) if k == "n" else max(values)) if values else None
+    return worst
 
 
 def _split(calls: int, lanes: int) -> list[int]:
@@ -319,7 +372,9 @@ def _levels(name: str, default: str) -> list[int]:
 def run() -> tuple[list[LevelResult], LeakResult | None]:
     """Every level against both servers, then the leak run (env overrides below).
 
-    ``BENCH_LEVELS`` (ours, default ``1,10,25,50``), ``BENCH_STOCK_LEVELS`` (default
+    ``BENCH_LEVELS`` (ours, one process, default ``1,10,25,50``), ``BENCH_WORKERS``
+    (processes behind one nginx port for ``BENCH_WORKER_LEVELS``, default 2; 1 skips),
+    ``BENCH_WORKER_LEVELS`` (default ``25,50``), ``BENCH_STOCK_LEVELS`` (default
     ``10,50``), ``BENCH_LEAK_CALLS`` (default 500; 0 skips), ``BENCH_LEAK_LANES``
     (default 8), ``BENCH_SPEECH_S`` (seconds of speech per density caller).
     """
@@ -340,6 +395,16 @@ def run() -> tuple[list[LevelResult], LeakResult | None]:
                 lanes = int(os.environ.get("BENCH_LEAK_LANES", "8"))
                 leaks = asyncio.run(run_leaks(url, short_wav, leak_calls, lanes))
                 print(f"  leaks, {leak_calls} calls: done in {leaks.duration_s:.0f} s", flush=True)
+        processes = int(os.environ.get("BENCH_WORKERS", "2"))
+        worker_levels = _levels("BENCH_WORKER_LEVELS", "25,50")
+        if processes > 1 and worker_levels:
+            workers = folder / "workers"
+            workers.mkdir()
+            with our_workers(agent, workers, processes) as (proxy, urls):
+                for calls in worker_levels:
+                    results.append(asyncio.run(run_level(proxy, "ours", calls, wav, urls)))
+                    print(f"  ours x{processes}, {calls} calls: done in {results[-1].duration_s:.0f} s",
+                          flush=True)
         stock_levels = _levels("BENCH_STOCK_LEVELS", "10,50")
         if stock_levels:
             with stock_server(agent, folder) as url:
@@ -357,15 +422,15 @@ def report(results: list[LevelResult], leaks: LeakResult | None) -> str:
     """Text tables of the density levels and the leak run."""
     cores = psutil.cpu_count() or 0
     lines = [
-        f"Density: concurrent calls on one server process ({cores} cores; offline agent "
+        f"Density: concurrent calls on server processes ({cores} cores; offline agent "
         f"answers after {MODEL_DELAY_MS} ms; callers in another process)",
-        f"{'server':6} {'calls':>5} {'CPU core':>8} {'/call':>6} {'machine':>7} {'lag p99':>7} "
+        f"{'server':6} {'procs':>5} {'calls':>5} {'CPU core':>8} {'/call':>6} {'machine':>7} {'lag p99':>7} "
         f"{'lag max':>7} {'in p50':>6} {'in p95':>6} {'out p50':>7} {'out p95':>7} "
         f"{'underruns':>9} {'worst':>6} {'answered':>9} {'RSS MB':>6} {'caller lag':>10}",
     ]
     for r in results:
         lines.append(
-            f"{r.server:6} {r.calls:5d} {r.cpu_core:8.2f} {r.cpu_core / r.calls:6.3f} "
+            f"{r.server:6} {r.processes:5d} {r.calls:5d} {r.cpu_core:8.2f} {r.cpu_core / r.calls:6.3f} "
             f"{r.system_cpu:7.2f} {_fmt(r.lag_ms.get('p99'), 7)} {_fmt(r.lag_ms.get('max'), 7)} "
             f"{_fmt(r.ingress_ms.get('p50'))} {_fmt(r.ingress_ms.get('p95'))} "
             f"{_fmt(r.egress_ms.get('p50'), 7)} {_fmt(r.egress_ms.get('p95'), 7)} "
@@ -374,8 +439,10 @@ def report(results: list[LevelResult], leaks: LeakResult | None) -> str:
             + (f"  {r.failed} calls failed" if r.failed else "")
         )
     lines.append(
-        "CPU core: server CPU while every call was up (1.0 = one core); machine: all processes "
-        "on the machine, other users included. lag: server event loop, ms. in/out: ingress "
+        "procs: server processes (more than one: behind one nginx port, docs/deployment.md). "
+        "CPU core: server CPU while every call was up, all its processes (1.0 = one core); "
+        "machine: all processes on the machine, callers, agent and nginx included. lag: server "
+        "event loop, ms (the worst process's, as are in/out). in/out: ingress "
         "(caller audio in -> sent to the model) and egress (first model audio -> first Twilio "
         f"media), ms. underruns: gaps > {UNDERRUN_MS:.0f} ms inside agent speech at the callers "
         "(calls affected); worst gap, ms. caller lag: the callers' own loop, p99 ms."
