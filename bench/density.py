@@ -466,7 +466,8 @@ def report(results: list[LevelResult], leaks: LeakResult | None) -> str:
 def plot(results: list[LevelResult], path: Path) -> None:
     """Server CPU, loop lag and added latency against concurrent calls, ours vs stock (PNG).
 
-    CPU is the process's total (cores): one process's event loop tops out near one core,
+    One series per server and process count (``ours x2``: two processes behind nginx).
+    CPU is the server's total (cores): one process's event loop tops out near one core,
     and once there, per-call figures mean nothing (every queue grows). Latency is on a
     log scale.
     """
@@ -476,17 +477,18 @@ def plot(results: list[LevelResult], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for server, style in (("ours", "o-"), ("stock", "s--")):
-        rows = sorted((r for r in results if r.server == server), key=lambda r: r.calls)
-        if not rows:
-            continue
+    series = sorted({(r.server, r.processes) for r in results})
+    for server, processes in series:
+        rows = sorted((r for r in results if (r.server, r.processes) == (server, processes)), key=lambda r: r.calls)
+        style = "D-." if processes > 1 else {"ours": "o-", "stock": "s--"}.get(server, "^-")
+        server = f"{server} x{processes}" if processes > 1 else server
         calls = [r.calls for r in rows]
         axes[0].plot(calls, [r.cpu_core for r in rows], style, label=server)
         axes[1].plot(calls, [r.lag_ms.get("p99") or 0 for r in rows], style, label=f"{server} p99")
         axes[2].plot(calls, [r.ingress_ms.get("p95") or 0 for r in rows], style, label=f"{server} ingress p95")
         axes[2].plot(calls, [r.egress_ms.get("p95") or 0 for r in rows], style[0] + ":",
                      label=f"{server} egress p95")
-    axes[0].set(title="server process CPU", xlabel="concurrent calls", ylabel="cores")
+    axes[0].set(title="server CPU (all its processes)", xlabel="concurrent calls", ylabel="cores")
     axes[0].axhline(1.0, color="grey", lw=0.8, ls="--")  # one event loop's ceiling
     axes[0].axhline(1.6, color="grey", lw=0.8)  # the goal: 80% of 2 cores
     axes[1].set(title="event-loop lag (goal < 20 ms)", xlabel="concurrent calls", ylabel="ms")

@@ -43,7 +43,9 @@ def test_openai_realtime_gets_model_voice_language_and_turn_detection():
     assert session.audio.input.transcription.language == "ja"
     assert session.audio.input.turn_detection.type == "server_vad"
     assert "Japanese" in s2s.service._settings.system_instruction
-    assert (s2s.input_sample_rate, s2s.output_sample_rate) == (24000, 24000)
+    # The caller's audio goes as it came from the phone (8 kHz mu-law); replies are 24 kHz PCM.
+    assert session.audio.input.format.type == "audio/pcmu"
+    assert (s2s.input_sample_rate, s2s.output_sample_rate) == (8000, 24000)
 
 
 def test_gemini_live_gets_voice_language_temperature_and_takes_8khz_as_is():
