@@ -21,13 +21,6 @@ back. With a two-thread pool instead, the pool threads and the event loop fought
 the GIL: at 10 calls the server used 0.084 core per call against 0.071 inline, and the
 caller's audio reached the model 23-52 ms late (p95) against 5 ms (``bench/density.py``,
 two runs each).
-
-Near-silent windows are not scored: a 32 ms window whose RMS is below
-:data:`QUIET_DBFS` gets confidence 0, and the model's state and the upsampler's history
-start afresh (as after silence) at the next window that is scored. Pipecat's VAD calls
-speech only where the 400 ms loudness is at least ``min_volume`` too (our default 0.5,
--60 LUFS), so such a window was never going to start a turn; on a phone line the caller
-is quiet for most of the call (while the agent speaks, and between turns).
 """
 
 from __future__ import annotations
@@ -47,11 +40,6 @@ __all__ = ["PhoneSileroVADAnalyzer", "shared_silero_session"]
 
 _MODEL_RATE = 16000  # Hz
 _MODEL_WINDOW = 512  # samples at 16 kHz: 32 ms, Silero's window at that rate
-#: A window quieter than this (RMS, dB relative to 16-bit full scale) is not scored.
-#: Phone speech sits around -35 to -20 dBFS; the smallest G.711 mu-law steps are 8
-#: and 16, i.e. -72 and -66 dBFS.
-QUIET_DBFS = -65.0
-_QUIET_SUM_SQUARES = (32768.0 * 10 ** (QUIET_DBFS / 20)) ** 2  # per sample, 16-bit units
 
 _lock = threading.Lock()
 _session: onnxruntime.InferenceSession | None = None
@@ -103,7 +91,6 @@ class PhoneSileroVADAnalyzer(SileroVADAnalyzer):
         self._windows_since_reset = 0
         self._low_confidence_windows = 0
         self._upsampler: StreamResampler | None = None
-        self._quiet = False  # the last window was too quiet to score
 
     async def analyze_audio(self, buffer: bytes) -> VADState:
         """Score ``buffer`` (16-bit PCM at the input rate) on the event loop.
@@ -140,18 +127,8 @@ class PhoneSileroVADAnalyzer(SileroVADAnalyzer):
             buffer: 16-bit PCM at the input rate, :meth:`num_frames_required` samples.
 
         Returns:
-            Confidence between 0.0 and 1.0 (0 on a malformed window, logged by Pipecat,
-            and on a window quieter than :data:`QUIET_DBFS`).
+            Confidence between 0.0 and 1.0 (0 on a malformed window, logged by Pipecat).
         """
-        samples = np.frombuffer(buffer, np.int16).astype(np.float32)
-        if float(np.dot(samples, samples)) < _QUIET_SUM_SQUARES * max(len(samples), 1):
-            if not self._quiet:
-                self._quiet = True
-                self._model.reset_states()
-                if self._upsampler is not None:
-                    self._upsampler.reset()
-            return 0.0
-        self._quiet = False
         if self._upsampler is not None:
             audio = (self._upsampler.process_float(bytes(buffer)) / 32768.0).astype(np.float32)
         else:
