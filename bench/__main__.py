@@ -10,7 +10,7 @@ from bench import barge_in, density, reply_delay
 def main() -> None:
     """Run every benchmark, print a table for each, and write ``docs/benchmarks.md``."""
     logger.remove()
-    logger.add(sys.stderr, level="WARNING")  # the callers' debug logs would drown the figures (and cost CPU)
+    logger.add(sys.stderr, level="ERROR")  # the callers' logs would drown the figures (and cost CPU)
     sections = [reply_delay.report(reply_delay.run())]
     print(sections[-1], flush=True)
     print()

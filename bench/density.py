@@ -44,7 +44,7 @@ import psutil
 from diagnostics import ProcessStats, percentile
 from offline.caller import load_wav_8k, playout_gaps, run_call
 from offline.proxy import nginx_proxy
-from offline.server_process import ROOT, free_port, server_process
+from offline.server_process import ROOT, free_port, server_process, serving
 
 AUDIO = ROOT.parent / "shared" / "audio"
 #: The offline agent's fixed model delay before each reply's audio, in ms.
@@ -189,31 +189,13 @@ def our_workers(agent_url: str, workdir: Path, processes: int):
 def stock_server(agent_url: str, workdir: Path):
     """The stock Pipecat bot (:mod:`bench.stock_server`); yields its URL."""
     port = free_port()
-    log = open(workdir / "stock.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.stock_server", "--port", str(port), "--agent", agent_url],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"stock server did not start:\n{(workdir / 'stock.log').read_text()[-2000:]}")
-            time.sleep(0.2)
+    log = workdir / "stock.log"
+    with open(log, "w") as out, serving(
+        [sys.executable, "-m", "bench.stock_server", "--port", str(port), "--agent", agent_url], url, log,
+        name="stock server", cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+    ):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 async def _stats(client: httpx.AsyncClient, *, collect: bool = False) -> dict:
@@ -357,7 +339,7 @@ async def run_leaks(url: str, wav: str, calls: int, lanes: int, warmup: int = 20
         duration = time.monotonic() - started
         after = await settled(client)
     return LeakResult(
-        calls=calls // lanes * lanes, lanes=lanes,
+        calls=calls, lanes=lanes,
         rss_before_mb=before["rss_bytes"] / 2**20, rss_after_mb=after["rss_bytes"] / 2**20,
         tasks_before=before["tasks"], tasks_after=after["tasks"],
         threads_before=before["threads"], threads_after=after["threads"],

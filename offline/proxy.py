@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+from offline.server_process import serving
 
 __all__ = ["nginx_binary", "nginx_config", "nginx_proxy"]
 
@@ -105,27 +104,7 @@ def nginx_proxy(port: int, workers: dict[str, int], folder: Path, start_timeout_
     config = folder / "nginx.conf"
     config.write_text(nginx_config(port, workers, folder))
     errors = folder / "nginx-error.log"
-    process = subprocess.Popen(
-        [binary, "-p", str(folder), "-c", str(config), "-e", str(errors)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                log = errors.read_text() if errors.exists() else ""
-                raise RuntimeError(f"nginx did not start:\n{log[-2000:]}")
-            time.sleep(0.1)
+    with serving([binary, "-p", str(folder), "-c", str(config), "-e", str(errors)], url, errors, name="nginx",
+                 start_timeout_s=start_timeout_s, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()

@@ -19,7 +19,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["free_port", "server_process"]
+__all__ = ["free_port", "server_process", "serving"]
 
 
 def free_port() -> int:
@@ -27,6 +27,48 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def serving(
+    command: list[str], url: str, log: Path, *, name: str, start_timeout_s: float = 60.0, **popen
+) -> Iterator[subprocess.Popen]:
+    """Run a server program for the block's duration, once its ``GET /health`` answers 200.
+
+    Args:
+        command: The program and its arguments.
+        url: Its base URL, polled every 0.2 s.
+        log: Where its output goes (quoted when it fails to start).
+        name: What to call it in the error.
+        start_timeout_s: How long to wait for ``/health``, in s.
+        **popen: Passed to :class:`subprocess.Popen` (``cwd``, ``env``, ``stdout``, ...).
+
+    Yields:
+        The process; it is terminated (killed after 10 s) when the block ends.
+
+    Raises:
+        RuntimeError: If it exits or does not answer in time (with the end of its log).
+    """
+    process = subprocess.Popen(command, **popen)
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                text = log.read_text() if log.exists() else ""
+                raise RuntimeError(f"{name} did not start:\n{text[-3000:]}")
+            time.sleep(0.2)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 @contextmanager
@@ -59,26 +101,8 @@ def server_process(
                 "TWILIO_AUTH_TOKEN"):
         env.pop(key, None)
     env.update(env_overrides)
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "server.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield url, log
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    with open(log, "w") as out, serving(
+        [sys.executable, "server.py"], f"http://127.0.0.1:{port}", log, name="server",
+        start_timeout_s=start_timeout_s, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+    ):
+        yield f"http://127.0.0.1:{port}", log
