@@ -47,9 +47,9 @@ def stream_url(settings: Settings) -> str:
         e.g. ``wss://abc.ngrok.app/twilio/media-stream``, or
         ``wss://voice.example.com/w1/twilio/media-stream`` with ``WORKER_PREFIX=/w1``.
     """
-    parts = urlsplit(settings.public_base_url)
+    parts = urlsplit(settings.worker_base_url)
     scheme = "wss" if parts.scheme == "https" else "ws"
-    return f"{scheme}://{parts.netloc}{settings.WORKER_PREFIX}{MEDIA_STREAM_PATH}"
+    return f"{scheme}://{parts.netloc}{parts.path}{MEDIA_STREAM_PATH}"
 
 
 def _stream_response(settings: Settings, parameters: dict[str, str]) -> str:

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 import wave
-from contextlib import AsyncExitStack, ExitStack, contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,7 +43,7 @@ import psutil
 
 from diagnostics import ProcessStats, percentile
 from offline.caller import load_wav_8k, playout_gaps, run_call
-from offline.proxy import nginx_proxy
+from offline.proxy import workers_behind_nginx
 from offline.server_process import ROOT, free_port, server_process, serving
 
 AUDIO = ROOT.parent / "shared" / "audio"
@@ -159,30 +159,12 @@ def our_server(agent_url: str, workdir: Path):
 def our_workers(agent_url: str, workdir: Path, processes: int):
     """Several of our server processes behind one nginx port (``docs/deployment.md``).
 
-    Each runs with ``WORKER_PREFIX=/w<n>`` and the proxy's origin as ``PUBLIC_BASE_URL``;
-    they share the call-record and booking databases.
-
     Yields:
         ``(proxy URL, [each process's own URL])``: callers use the first, the figures
         are read from each process.
     """
-    port = free_port()
-    public = f"http://127.0.0.1:{port}"
-    shared = {"CALLS_DB_PATH": str(workdir / "calls.db"),
-              "DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'booking.db'}"}
-    with ExitStack() as stack:
-        urls = {}
-        for n in range(1, processes + 1):
-            folder = workdir / f"w{n}"
-            folder.mkdir(exist_ok=True)
-            url, _ = stack.enter_context(server_process(
-                folder, LOCAL_AGENT_BASE_URL=agent_url, WORKER_PREFIX=f"/w{n}", PUBLIC_BASE_URL=public,
-                **shared, **_OURS,
-            ))
-            urls[f"/w{n}"] = url
-        ports = {prefix: int(url.rsplit(":", 1)[1]) for prefix, url in urls.items()}
-        proxy = stack.enter_context(nginx_proxy(port, ports, workdir / "nginx"))
-        yield proxy, list(urls.values())
+    with workers_behind_nginx(workdir, processes, LOCAL_AGENT_BASE_URL=agent_url, **_OURS) as running:
+        yield running
 
 
 @contextmanager

@@ -23,12 +23,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from offline.server_process import serving
+from offline.server_process import free_port, server_process, serving
 
-__all__ = ["nginx_binary", "nginx_config", "nginx_proxy"]
+__all__ = ["nginx_binary", "nginx_config", "nginx_proxy", "workers_behind_nginx"]
 
 
 def nginx_binary() -> str | None:
@@ -108,3 +108,34 @@ def nginx_proxy(port: int, workers: dict[str, int], folder: Path, start_timeout_
     with serving([binary, "-p", str(folder), "-c", str(config), "-e", str(errors)], url, errors, name="nginx",
                  start_timeout_s=start_timeout_s, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT):
         yield url
+
+
+@contextmanager
+def workers_behind_nginx(workdir: Path, processes: int, **env: str) -> Iterator[tuple[str, list[str]]]:
+    """Server processes ``/w1`` .. ``/w<n>`` behind one nginx port, sharing the databases.
+
+    Each runs with ``WORKER_PREFIX=/w<n>`` and the proxy's origin as ``PUBLIC_BASE_URL``.
+
+    Args:
+        workdir: Holds the shared databases, a folder per process and nginx's folder.
+        processes: How many server processes.
+        **env: Environment for every server process (see :func:`server_process`).
+
+    Yields:
+        ``(proxy URL, [each process's own URL])``.
+
+    Raises:
+        RuntimeError: If a server or nginx does not start.
+    """
+    port = free_port()
+    shared = {"PUBLIC_BASE_URL": f"http://127.0.0.1:{port}", "CALLS_DB_PATH": str(workdir / "calls.db"),
+              "DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'booking.db'}"}
+    with ExitStack() as stack:
+        urls = {}
+        for n in range(1, processes + 1):
+            folder = workdir / f"w{n}"
+            folder.mkdir(exist_ok=True)
+            url, _log = stack.enter_context(server_process(folder, **{**env, **shared, "WORKER_PREFIX": f"/w{n}"}))
+            urls[f"/w{n}"] = url
+        ports = {prefix: int(url.rsplit(":", 1)[1]) for prefix, url in urls.items()}
+        yield stack.enter_context(nginx_proxy(port, ports, workdir / "nginx")), list(urls.values())

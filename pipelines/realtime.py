@@ -1,11 +1,10 @@
 """The speech-to-speech graph: Twilio <-> Silero VAD <-> Gemini Live / OpenAI Realtime.
 
 Read :func:`build` top to bottom: it is the order audio flows through a call.
-Caller audio enters at 8 kHz and reaches the model at 8 kHz (mu-law for OpenAI
-Realtime, PCM for Gemini Live: ``pipelines.services``); the model's audio leaves at
-24 kHz and is resampled once, to 8 kHz, by our low-delay filter (~3 ms). The input
-resampler is there for a model that wants another rate; at matching rates it does
-nothing.
+Caller audio enters at 8 kHz and reaches the model at 8 kHz, with no resampler on the
+way (mu-law for OpenAI Realtime, PCM for Gemini Live: ``pipelines.services``); the
+model's audio leaves at 24 kHz and is resampled once, to 8 kHz, by our low-delay filter
+(~3 ms).
 
 Barge-in: the echo canceller removes the agent's own voice from the caller's audio,
 Silero VAD (at least ``BARGE_IN_MIN_SECS`` of speech) starts the caller's turn, which
@@ -39,10 +38,16 @@ def build(call: CallContext) -> list[FrameProcessor]:
 
     Returns:
         The processors in pipeline order.
+
+    Raises:
+        ValueError: If the model does not take the caller's 8 kHz (every provider here
+            does; another would need an input resampler before the model).
     """
     agent = agent_config(call.settings, call.resources.agent if call.resources else None, call.parameters)
     playout = PlayoutTracker(call.stream_sid)
     s2s = speech_to_speech(call.settings, playout, agent, local_agent_url=call.local_agent_url)
+    if s2s.input_sample_rate != TWILIO_SAMPLE_RATE:
+        raise ValueError(f"the model takes {s2s.input_sample_rate} Hz; this graph sends the caller's 8 kHz")
     context = opening_context(call)
     attach_tools(call, s2s.service)
     context_aggregators = LLMContextAggregatorPair(
@@ -50,7 +55,7 @@ def build(call: CallContext) -> list[FrameProcessor]:
     )
     transcript = follow_playout(call, context, playout)  # record, context, call control
 
-    # Many calls share one event loop: the echo canceller and the resamplers run in
+    # Many calls share one event loop: the echo canceller and the resampler run in
     # direct mode (each frame handled in the pusher's task, no queue and task switch
     # per hop).
     return [
@@ -58,7 +63,6 @@ def build(call: CallContext) -> list[FrameProcessor]:
         EchoCanceller(playout, enable_direct_mode=True),  # the agent's own voice leaking back is not the caller
         context_aggregators.user(),  # Silero VAD at 8 kHz: caller turns and barge-in
         DTMFToAgent(),  # keys the caller presses -> the model and the call record
-        AudioResamplerProcessor(s2s.input_sample_rate, InputAudioRawFrame, enable_direct_mode=True),  # 8 kHz -> model
         transcript.user(),  # caller turns -> call record
         s2s.service,  # the speech-to-speech model
         last_stop(InputAudioRawFrame, "CallerAudioEnd"),  # caller audio goes no further than the model

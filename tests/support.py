@@ -24,6 +24,12 @@ TOKEN = "e2e-auth-token-0123456789abcdef"
 ACCOUNT_SID = "AC" + "7" * 32
 
 
+#: The test server's environment: signed webhooks on, and the settings a developer's
+#: environment or .env might hold pinned to their defaults.
+SERVER_ENV = {"API_KEY": "", "ALLOW_UNSIGNED_WEBHOOKS": "", "TWILIO_FROM_NUMBER": "", "REDIS_URL": "",
+              "TWILIO_AUTH_TOKEN": TOKEN}
+
+
 @contextmanager
 def running_server(tmp: Path, **env_overrides: str):
     """The real server process, signed webhooks on; yields ``(base_url, log_path)``.
@@ -32,9 +38,7 @@ def running_server(tmp: Path, **env_overrides: str):
         tmp: Folder for the database and the log.
         **env_overrides: Environment variables for the server.
     """
-    # Settings a developer's environment or .env might hold are pinned to their defaults.
-    env = {"API_KEY": "", "ALLOW_UNSIGNED_WEBHOOKS": "", "TWILIO_FROM_NUMBER": "", "REDIS_URL": "",
-           "TWILIO_AUTH_TOKEN": TOKEN, **env_overrides}
+    env = {**SERVER_ENV, **env_overrides}
     try:
         with server_process(tmp, **env) as running:
             yield running

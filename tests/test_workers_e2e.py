@@ -10,33 +10,21 @@ the prefix, half the streams would reach the other process and be refused.
 from __future__ import annotations
 
 import asyncio
-from contextlib import ExitStack
 
 from offline.caller import run_call
-from offline.proxy import nginx_proxy
-from offline.server_process import free_port
-from tests.support import TOKEN, ended_record, running_server, trimmed_wav
+from offline.proxy import workers_behind_nginx
+from tests.support import SERVER_ENV, TOKEN, ended_record, trimmed_wav
 
 
 def test_calls_through_one_port_each_come_back_to_the_process_that_answered(tmp_path):
-    port = free_port()
-    public = f"http://127.0.0.1:{port}"
-    shared = {"PUBLIC_BASE_URL": public, "CALLS_DB_PATH": str(tmp_path / "calls.db"),
-              "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'booking.db'}"}
     wav = trimmed_wav(tmp_path, 2.5)
-    with ExitStack() as stack:
-        workers = {}
-        for prefix in ("/w1", "/w2"):
-            folder = tmp_path / prefix.strip("/")
-            folder.mkdir()
-            url, _log = stack.enter_context(running_server(folder, WORKER_PREFIX=prefix, **shared))
-            workers[prefix] = int(url.rsplit(":", 1)[1])
-        proxy = stack.enter_context(nginx_proxy(port, workers, tmp_path / "nginx"))
+    with workers_behind_nginx(tmp_path, 2, **SERVER_ENV) as (proxy, _urls):
+        workers = ("/w1", "/w2")
 
         async def calls():
             # One after the other: round robin then sends each call's stream to the
             # process that did not answer its webhook, unless the TwiML names it.
-            results = [await run_call(proxy, wav, auth_token=TOKEN, public_base_url=public, reply_timeout_s=15)
+            results = [await run_call(proxy, wav, auth_token=TOKEN, public_base_url=proxy, reply_timeout_s=15)
                        for _ in range(2)]
             records = [await ended_record(proxy, r.call_sid, timeout_s=5) for r in results]
             return results, records
@@ -48,6 +36,6 @@ def test_calls_through_one_port_each_come_back_to_the_process_that_answered(tmp_
             assert all(u["replied"] for u in result.utterances)
             roles = [t["role"] for t in record["turns"]]
             assert roles[:3] == ["assistant", "user", "assistant"], record
-            stream_url = f"ws://127.0.0.1:{port}{{}}/twilio/media-stream"
+            stream_url = proxy.replace("http", "ws") + "{}/twilio/media-stream"
             served += [p for p in workers if stream_url.format(p) in result.twiml]
         assert sorted(served) == ["/w1", "/w2"]  # round robin: each process took one call
