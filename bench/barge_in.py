@@ -8,11 +8,12 @@ and for a quiet caller (-35 dBFS) over the agent's own echo at -20 dB.
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import uvloop
 
 from config import Settings
 from offline.caller import CallerBehaviour, run_call
@@ -88,7 +89,7 @@ def run(interruptions: int = 20) -> list[LatencyResult]:
     }
     with tempfile.TemporaryDirectory() as tmp, server_process(Path(tmp)) as (url, _):
         return [
-            asyncio.run(measure(url, name, behaviour, interruptions))
+            uvloop.run(measure(url, name, behaviour, interruptions))
             for name, behaviour in conditions.items()
         ]
 

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import uvloop
 
 from diagnostics import ProcessStats, percentile
 from offline.caller import load_wav_8k, playout_gaps, run_call
@@ -352,12 +353,12 @@ def run() -> tuple[list[LevelResult], LeakResult | None]:
         short_wav = _speech_wav(short, 1.0)
         with our_server(agent, folder) as url:
             for calls in _levels("BENCH_LEVELS", "1,10,25,50"):
-                results.append(asyncio.run(run_level(url, "ours", calls, wav)))
+                results.append(uvloop.run(run_level(url, "ours", calls, wav)))
                 print(f"  ours, {calls} calls: done in {results[-1].duration_s:.0f} s", flush=True)
             leak_calls = int(os.environ.get("BENCH_LEAK_CALLS", "500"))
             if leak_calls:
                 lanes = int(os.environ.get("BENCH_LEAK_LANES", "8"))
-                leaks = asyncio.run(run_leaks(url, short_wav, leak_calls, lanes))
+                leaks = uvloop.run(run_leaks(url, short_wav, leak_calls, lanes))
                 print(f"  leaks, {leak_calls} calls: done in {leaks.duration_s:.0f} s", flush=True)
         processes = int(os.environ.get("BENCH_WORKERS", "2"))
         worker_levels = _levels("BENCH_WORKER_LEVELS", "25,50")
@@ -366,14 +367,14 @@ def run() -> tuple[list[LevelResult], LeakResult | None]:
             workers.mkdir()
             with our_workers(agent, workers, processes) as (proxy, urls):
                 for calls in worker_levels:
-                    results.append(asyncio.run(run_level(proxy, "ours", calls, wav, urls)))
+                    results.append(uvloop.run(run_level(proxy, "ours", calls, wav, urls)))
                     print(f"  ours x{processes}, {calls} calls: done in {results[-1].duration_s:.0f} s",
                           flush=True)
         stock_levels = _levels("BENCH_STOCK_LEVELS", "10,50")
         if stock_levels:
             with stock_server(agent, folder) as url:
                 for calls in stock_levels:
-                    results.append(asyncio.run(run_level(url, "stock", calls, wav)))
+                    results.append(uvloop.run(run_level(url, "stock", calls, wav)))
                     print(f"  stock, {calls} calls: done in {results[-1].duration_s:.0f} s", flush=True)
     return results, leaks
 

@@ -9,9 +9,10 @@ the utterance, the streamed chat completion and the first sentence's speech (esp
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
 from pathlib import Path
+
+import uvloop
 
 from offline.caller import run_call
 from offline.server_process import server_process
@@ -48,7 +49,7 @@ def run(calls: int = 2, modes: list[str] | None = None) -> dict[str, list[float]
         env = MODES[mode][1]
         with tempfile.TemporaryDirectory() as tmp, server_process(Path(tmp), **env) as (url, _):
             for _ in range(calls):
-                result = asyncio.run(run_call(url, str(AUDIO / "jfk_8k.wav"), max_call_s=90))
+                result = uvloop.run(run_call(url, str(AUDIO / "jfk_8k.wav"), max_call_s=90))
                 graph = result.parameters.get("graph")
                 if graph != env.get("GRAPH", "realtime"):
                     raise RuntimeError(f"{mode}: the server ran the {graph!r} graph")

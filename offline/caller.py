@@ -60,6 +60,7 @@ import httpx
 import numpy as np
 from loguru import logger
 from twilio.request_validator import RequestValidator
+import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
@@ -1348,7 +1349,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        result = asyncio.run(
+        result = uvloop.run(
             run_call(
                 args.server, args.wav, auth_token=args.auth_token or None,
                 public_base_url=args.public_base_url or None, from_number=args.from_number,

@@ -125,6 +125,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import soxr
 from loguru import logger
+import uvloop
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -1034,7 +1035,7 @@ def main() -> None:
     parser.add_argument("--event-log", help="append received client messages here as JSON lines")
     parser.add_argument("--max-session-s", type=float, help="session age limit in s (goAway, then close)")
     parser.add_argument("--cert-dir", help="keep the TLS certificate here, reused across runs")
-    asyncio.run(_serve_forever(parser.parse_args()))
+    uvloop.run(_serve_forever(parser.parse_args()))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from loguru import logger
+import uvloop
 
 from offline.booking_script import BOOKING_TOOLS, BookingScript, SayLine, ToolCall
 from offline.common import ReceivedLog
@@ -343,7 +344,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8766)
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_forever(args.port))
+        uvloop.run(_serve_forever(args.port))
 
 
 if __name__ == "__main__":

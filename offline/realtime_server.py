@@ -60,6 +60,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 from loguru import logger
+import uvloop
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -922,7 +923,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--event-log", default=None, help="append received client events here as JSON lines")
-    asyncio.run(_serve_forever(parser.parse_args()))
+    uvloop.run(_serve_forever(parser.parse_args()))
 
 
 if __name__ == "__main__":
