@@ -15,9 +15,21 @@ interruption at each loop turn in turn.
 that refuses, once an interruption has been handled, every interruptible audio chunk
 created before it. Audio of the next reply is created after the interruption and goes
 out as usual.
+
+It also lets the agent's audio run a little ahead of Twilio's playout. Pipecat's output
+paces audio at exactly real time, as if it were the loudspeaker; then any hiccup on the
+way (a busy event loop, a busy machine, the network) is a gap the caller hears. Twilio
+keeps a playout buffer of its own (it discards what it holds on a ``clear``, and warns
+only past 10 minutes of it: https://www.twilio.com/docs/api/errors/31931), so the
+output sends up to :data:`PLAYOUT_LEAD_MS` ahead of where playout is, and paces at real
+time beyond that. A barge-in loses nothing by it: the ``clear`` empties Twilio's buffer
+at once, and what the caller heard comes from mark echoes, not from what was sent.
 """
 
 from __future__ import annotations
+
+import asyncio
+import time
 
 from fastapi import WebSocket
 from loguru import logger
@@ -33,7 +45,10 @@ from pipecat.utils.utils import obj_id
 
 from processors.twilio_serializer import TWILIO_SAMPLE_RATE
 
-__all__ = ["TwilioOutputTransport", "TwilioWebsocketTransport", "twilio_transport"]
+__all__ = ["PLAYOUT_LEAD_MS", "TwilioOutputTransport", "TwilioWebsocketTransport", "twilio_transport"]
+
+#: How far the agent's audio may be sent ahead of Twilio's playout, in ms.
+PLAYOUT_LEAD_MS = 200
 
 
 class TwilioOutputTransport(FastAPIWebsocketOutputTransport):
@@ -68,6 +83,19 @@ class TwilioOutputTransport(FastAPIWebsocketOutputTransport):
             logger.debug(f"{self}: dropped a chunk of interrupted audio that was on its way out")
             return False
         return await super().write_audio_frame(frame)
+
+    async def _write_audio_sleep(self):
+        """Pace the audio: up to :data:`PLAYOUT_LEAD_MS` ahead of Twilio's playout, then real time.
+
+        Pipecat's clock ``_next_send_time`` becomes the time at which Twilio will have
+        played everything sent so far (0 after an interruption, whose ``clear`` emptied
+        Twilio's buffer; a clock in the past means Twilio's buffer ran dry).
+        """
+        now = time.monotonic()
+        self._next_send_time = max(self._next_send_time, now) + self._send_interval
+        ahead_s = self._next_send_time - now - PLAYOUT_LEAD_MS / 1000
+        if ahead_s > 0:
+            await asyncio.sleep(ahead_s)
 
 
 class TwilioWebsocketTransport(FastAPIWebsocketTransport):

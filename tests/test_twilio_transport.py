@@ -1,4 +1,5 @@
-"""The call's output transport: no audio of a cut-off reply reaches Twilio after its ``clear``.
+"""The call's output transport: no audio of a cut-off reply reaches Twilio after its ``clear``;
+the agent's audio runs a bounded lead ahead of Twilio's playout.
 
 Pipecat's output takes a chunk from its queue and writes it a few event-loop turns
 apart (on Python 3.11 both steps run through ``asyncio.wait_for``, a new task each), so a
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 
 import numpy as np
 import pytest
@@ -25,7 +27,7 @@ from starlette.websockets import WebSocketState
 
 from processors.g711 import ulaw_decode
 from processors.twilio_serializer import TwilioMediaSerializer
-from processors.twilio_transport import TwilioOutputTransport, twilio_transport
+from processors.twilio_transport import PLAYOUT_LEAD_MS, TwilioOutputTransport, twilio_transport
 
 STREAM_SID, CALL_SID = "MZ" + "1" * 32, "CA" + "1" * 32
 
@@ -39,6 +41,7 @@ class TwilioSide:
 
     def __init__(self) -> None:
         self.sent: list[dict] = []
+        self.sent_at: list[float] = []  # time.monotonic() of each message, s
         self._closed = asyncio.Event()
 
     async def receive(self) -> dict:
@@ -47,6 +50,7 @@ class TwilioSide:
 
     async def send_text(self, text: str) -> None:
         self.sent.append(json.loads(text))
+        self.sent_at.append(time.monotonic())
 
     async def send_bytes(self, data: bytes) -> None:
         raise AssertionError("Twilio Media Streams messages are text")
@@ -118,3 +122,37 @@ async def test_no_chunk_of_a_cut_off_reply_goes_out_after_the_clear(turns):
     levels = [round(_level(m)) for m in after_clear]
     # Only the next reply's five 20 ms chunks: nothing of the reply that was cut off.
     assert len(after_clear) == 5 and min(levels) > 8000, levels
+
+
+@pytest.mark.asyncio
+async def test_agent_audio_runs_a_bounded_lead_ahead_of_playout():
+    """A reply's first 200 ms go to Twilio at once (its buffer absorbs our hiccups); the rest at real time."""
+    twilio = TwilioSide()
+    transport = twilio_transport(twilio, TwilioMediaSerializer(STREAM_SID, CALL_SID))
+    worker = PipelineWorker(
+        Pipeline([transport.input(), transport.output()]),
+        params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000),
+        idle_timeout_secs=None,
+    )
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    run = asyncio.create_task(runner.run())
+    try:
+        await asyncio.sleep(0.2)
+        reply = np.full(8 * 1000, 3000, dtype="<i2").tobytes()  # 1 s at 8 kHz: fifty 20 ms chunks
+        await worker.queue_frame(TTSAudioRawFrame(reply, 8000, 1))
+        deadline = time.monotonic() + 5
+        while sum(m["event"] == "media" for m in twilio.sent) < 50 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        await worker.cancel()
+        await twilio.close()
+        await asyncio.wait_for(run, 5)
+
+    sent_at = [t for m, t in zip(twilio.sent, twilio.sent_at) if m["event"] == "media"]
+    assert len(sent_at) == 50
+    lead_chunks = PLAYOUT_LEAD_MS // 20
+    # Paced at real time from the first chunk, the lead's last chunk would go out 180 ms after it.
+    assert sent_at[lead_chunks - 1] - sent_at[0] < 0.1
+    # Not dumped either: the last chunk waits until Twilio has played all but the lead.
+    assert sent_at[-1] - sent_at[0] >= (1000 - PLAYOUT_LEAD_MS - 60) / 1000
