@@ -62,6 +62,7 @@ import dashboard
 import diagnostics
 from config import ConfigError, Settings, is_loopback, load_settings
 from outbound import AMD_FAX, AMD_MACHINE, AnsweringMachineGate, OutboundCallRequest, plan_call
+from processors.vad import shared_silero_session
 from records import TERMINAL_STATUSES
 from resources import Resources
 from security import (
@@ -150,6 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.resources = await Resources.start(settings)
+        shared_silero_session()  # loaded now, not in the first call (~40 ms of the event loop)
         app.state.statuses = app.state.resources.store  # status changes live in the call records
         dashboard.start(app)
         logger.info(
