@@ -15,6 +15,7 @@ import asyncio
 import base64
 import json
 import time
+from contextlib import asynccontextmanager
 
 import numpy as np
 import pytest
@@ -81,6 +82,28 @@ class InterruptAfterTurns(FrameProcessor):
         await self.push_frame(InterruptionFrame())
 
 
+@asynccontextmanager
+async def call_output(twilio: TwilioSide, *processors: FrameProcessor):
+    """Run the call's transport (input, ``processors``, output) against ``twilio``; yield its worker."""
+    transport = twilio_transport(twilio, TwilioMediaSerializer(STREAM_SID, CALL_SID))
+    assert isinstance(transport.output(), TwilioOutputTransport)
+    worker = PipelineWorker(
+        Pipeline([transport.input(), *processors, transport.output()]),
+        params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000),
+        idle_timeout_secs=None,
+    )
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    run = asyncio.create_task(runner.run())
+    try:
+        await asyncio.sleep(0.2)
+        yield worker
+    finally:
+        await worker.cancel()
+        await twilio.close()
+        await asyncio.wait_for(run, 5)
+
+
 def _level(media: dict) -> float:
     pcm = np.frombuffer(ulaw_decode(base64.b64decode(media["media"]["payload"])), dtype="<i2")
     return float(np.abs(pcm.astype(np.int32)).mean())
@@ -91,19 +114,8 @@ def _level(media: dict) -> float:
 async def test_no_chunk_of_a_cut_off_reply_goes_out_after_the_clear(turns):
     """Whatever the loop turn at which the barge-in lands, Twilio gets nothing of the cut-off reply after its clear."""
     twilio = TwilioSide()
-    transport = twilio_transport(twilio, TwilioMediaSerializer(STREAM_SID, CALL_SID))
-    assert isinstance(transport.output(), TwilioOutputTransport)
     cutter = InterruptAfterTurns(turns)
-    worker = PipelineWorker(
-        Pipeline([transport.input(), cutter, transport.output()]),
-        params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000),
-        idle_timeout_secs=None,
-    )
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(worker)
-    run = asyncio.create_task(runner.run())
-    try:
-        await asyncio.sleep(0.2)
+    async with call_output(twilio, cutter) as worker:
         cut_off = np.full(8 * 200, 2000, dtype="<i2").tobytes()  # 200 ms at 8 kHz, quiet
         await worker.queue_frame(TTSAudioRawFrame(cut_off, 8000, 1))
         await asyncio.sleep(0.5)
@@ -111,10 +123,6 @@ async def test_no_chunk_of_a_cut_off_reply_goes_out_after_the_clear(turns):
         next_reply = np.full(8 * 100, 12000, dtype="<i2").tobytes()  # 100 ms, loud
         await worker.queue_frame(TTSAudioRawFrame(next_reply, 8000, 1))
         await asyncio.sleep(0.5)
-    finally:
-        await worker.cancel()
-        await twilio.close()
-        await asyncio.wait_for(run, 5)
 
     events = [m["event"] for m in twilio.sent]
     assert "clear" in events, events
@@ -128,26 +136,12 @@ async def test_no_chunk_of_a_cut_off_reply_goes_out_after_the_clear(turns):
 async def test_agent_audio_runs_a_bounded_lead_ahead_of_playout():
     """A reply's first 200 ms go to Twilio at once (its buffer absorbs our hiccups); the rest at real time."""
     twilio = TwilioSide()
-    transport = twilio_transport(twilio, TwilioMediaSerializer(STREAM_SID, CALL_SID))
-    worker = PipelineWorker(
-        Pipeline([transport.input(), transport.output()]),
-        params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000),
-        idle_timeout_secs=None,
-    )
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(worker)
-    run = asyncio.create_task(runner.run())
-    try:
-        await asyncio.sleep(0.2)
+    async with call_output(twilio) as worker:
         reply = np.full(8 * 1000, 3000, dtype="<i2").tobytes()  # 1 s at 8 kHz: fifty 20 ms chunks
         await worker.queue_frame(TTSAudioRawFrame(reply, 8000, 1))
         deadline = time.monotonic() + 5
         while sum(m["event"] == "media" for m in twilio.sent) < 50 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-    finally:
-        await worker.cancel()
-        await twilio.close()
-        await asyncio.wait_for(run, 5)
 
     sent_at = [t for m, t in zip(twilio.sent, twilio.sent_at) if m["event"] == "media"]
     assert len(sent_at) == 50
