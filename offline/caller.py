@@ -58,9 +58,9 @@ from typing import Any
 
 import httpx
 import numpy as np
+import uvloop
 from loguru import logger
 from twilio.request_validator import RequestValidator
-import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 

@@ -124,8 +124,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import soxr
-from loguru import logger
 import uvloop
+from loguru import logger
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed

@@ -46,10 +46,10 @@ from typing import Any
 import numpy as np
 import soxr
 import uvicorn
+import uvloop
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from loguru import logger
-import uvloop
 
 from offline.booking_script import BOOKING_TOOLS, BookingScript, SayLine, ToolCall
 from offline.common import ReceivedLog

@@ -59,8 +59,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
-from loguru import logger
 import uvloop
+from loguru import logger
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
