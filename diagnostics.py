@@ -18,6 +18,9 @@ What is measured, per server process:
   the first Twilio ``media`` message sent after it (ms).
 - **Teardown**: from the caller's hang-up (``stop`` or the socket closing) to the
   end of the call's handler, pipeline stopped and record closed (ms).
+- **GC pauses**: how long each of Python's garbage collections held the process
+  (ms, every generation), and how many objects the server froze at startup
+  (``gc.freeze()``: full collections skip them).
 
 The hooks are :class:`CallProbe` methods, called by the serializer
 (:class:`~processors.twilio_serializer.TwilioMediaSerializer`), the model service
@@ -62,6 +65,9 @@ CALL_PROBE: contextvars.ContextVar["CallProbe | None"] = contextvars.ContextVar(
 )
 
 
+_FIGURES = ("loop_lag_ms", "ingress_ms", "egress_ms", "teardown_ms", "gc_pause_ms")
+
+
 def percentile(values: list[float], p: float) -> float | None:
     """The p-th percentile (nearest rank) of ``values``; None when empty."""
     if not values:
@@ -79,22 +85,35 @@ class ProcessStats:
         self.ingress_ms: deque[float] = deque(maxlen=MAX_SAMPLES)
         self.egress_ms: deque[float] = deque(maxlen=MAX_SAMPLES)
         self.teardown_ms: deque[float] = deque(maxlen=MAX_SAMPLES)
+        self.gc_pause_ms: deque[float] = deque(maxlen=MAX_SAMPLES)
+        self._gc_started = 0.0
         self.calls_started = 0
         self.calls_ended = 0
         self._lag_task: asyncio.Task | None = None
 
     def reset(self) -> None:
         """Forget the samples (counters of calls stay)."""
-        for samples in (self.loop_lag_ms, self.ingress_ms, self.egress_ms, self.teardown_ms):
-            samples.clear()
+        for name in _FIGURES:
+            getattr(self, name).clear()
 
     def start_lag_probe(self) -> None:
-        """Start the event-loop lag task on the running loop (once)."""
+        """Start the event-loop lag task on the running loop, and time GC pauses (once)."""
         if self._lag_task is None or self._lag_task.done():
             self._lag_task = asyncio.get_running_loop().create_task(self._probe_lag(), name="loop-lag")
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        # gc.callbacks: called with "start" and "stop" around every collection.
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pause_ms.append((time.perf_counter() - self._gc_started) * 1000)
 
     async def stop_lag_probe(self) -> None:
-        """Stop the lag task."""
+        """Stop the lag task and the GC timing."""
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
         if self._lag_task is not None:
             self._lag_task.cancel()
             await asyncio.gather(self._lag_task, return_exceptions=True)
@@ -117,7 +136,9 @@ class ProcessStats:
         Returns:
             ``{calls_started, calls_ended, tasks, threads, rss_bytes, loop_lag_ms:
             {n, p50, p95, p99, max}, ingress_ms: {...}, egress_ms: {...},
-            teardown_ms: {...}}``; the percentile fields are None without samples.
+            teardown_ms: {...}, gc_pause_ms: {...}, gc_frozen}``; the percentile
+            fields are None without samples. ``gc_frozen`` counts the objects
+            frozen by ``gc.freeze()``.
         """
         if collect:
             gc.collect()
@@ -129,8 +150,9 @@ class ProcessStats:
             "threads": threading.active_count(),
             "thread_names": sorted(t.name for t in threading.enumerate()),
             "rss_bytes": _rss_bytes(),
+            "gc_frozen": gc.get_freeze_count(),
         }
-        for name in ("loop_lag_ms", "ingress_ms", "egress_ms", "teardown_ms"):
+        for name in _FIGURES:
             values = list(getattr(self, name))
             figures[name] = {
                 "n": len(values),

@@ -77,6 +77,8 @@ class LevelResult:
         worst_gap_ms: Longest gap heard.
         answered: Caller utterances that got a reply / all utterances.
         caller_lag_ms: The callers' own loop lag, p99, ms.
+        gc_max_ms: The longest garbage collection in a server process, ms (it holds
+            every call of that process).
         duration_s: Wall time of the level.
     """
 
@@ -94,6 +96,7 @@ class LevelResult:
     answered: tuple[int, int] = (0, 0)
     rss_mb: float = 0.0
     caller_lag_ms: float = 0.0
+    gc_max_ms: float | None = None
     duration_s: float = 0.0
     failed: int = 0
 
@@ -252,6 +255,7 @@ async def run_level(url: str, server: str, calls: int, wav: str,
     result.ingress_ms = _worst([s["ingress_ms"] for s in stats])
     result.egress_ms = _worst([s["egress_ms"] for s in stats])
     result.caller_lag_ms = percentile(list(caller_lag.loop_lag_ms), 99) or 0.0
+    result.gc_max_ms = _worst([s["gc_pause_ms"] for s in stats]).get("max")
     answered = total = 0
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
@@ -391,7 +395,7 @@ def report(results: list[LevelResult], leaks: LeakResult | None) -> str:
         f"answers after {MODEL_DELAY_MS} ms; callers in another process)",
         f"{'server':6} {'procs':>5} {'calls':>5} {'CPU core':>8} {'/call':>6} {'machine':>7} {'lag p99':>7} "
         f"{'lag max':>7} {'in p50':>6} {'in p95':>6} {'out p50':>7} {'out p95':>7} "
-        f"{'underruns':>9} {'worst':>6} {'answered':>9} {'RSS MB':>6} {'caller lag':>10}",
+        f"{'underruns':>9} {'worst':>6} {'answered':>9} {'RSS MB':>6} {'caller lag':>10} {'GC max':>6}",
     ]
     for r in results:
         lines.append(
@@ -400,7 +404,8 @@ def report(results: list[LevelResult], leaks: LeakResult | None) -> str:
             f"{_fmt(r.ingress_ms.get('p50'))} {_fmt(r.ingress_ms.get('p95'))} "
             f"{_fmt(r.egress_ms.get('p50'), 7)} {_fmt(r.egress_ms.get('p95'), 7)} "
             f"{r.underruns:4d} ({r.calls_with_underruns:2d}) {r.worst_gap_ms:6.0f} "
-            f"{r.answered[0]:4d}/{r.answered[1]:<4d} {r.rss_mb:6.0f} {r.caller_lag_ms:10.1f}"
+            f"{r.answered[0]:4d}/{r.answered[1]:<4d} {r.rss_mb:6.0f} {r.caller_lag_ms:10.1f} "
+            f"{_fmt(r.gc_max_ms)}"
             + (f"  {r.failed} calls failed" if r.failed else "")
         )
     lines.append(
@@ -410,7 +415,8 @@ def report(results: list[LevelResult], leaks: LeakResult | None) -> str:
         "event loop, ms (the worst process's, as are in/out). in/out: ingress "
         "(caller audio in -> sent to the model) and egress (first model audio -> first Twilio "
         f"media), ms. underruns: gaps > {UNDERRUN_MS:.0f} ms inside agent speech at the callers "
-        "(calls affected); worst gap, ms. caller lag: the callers' own loop, p99 ms."
+        "(calls affected); worst gap, ms. caller lag: the callers' own loop, p99 ms. GC max: "
+        "the server's longest garbage collection, ms."
     )
     if leaks:
         lines += [
