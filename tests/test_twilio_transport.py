@@ -1,5 +1,6 @@
 """The call's output transport: no audio of a cut-off reply reaches Twilio after its ``clear``;
-the agent's audio runs a bounded lead ahead of Twilio's playout.
+the agent's audio runs a bounded lead ahead of Twilio's playout; a reply's first audio
+does not wait behind its text, and marks keep their place around the audio.
 
 Pipecat's output takes a chunk from its queue and writes it a few event-loop turns
 apart (on Python 3.11 both steps run through ``asyncio.wait_for``, a new task each), so a
@@ -19,7 +20,17 @@ from contextlib import asynccontextmanager
 
 import numpy as np
 import pytest
-from pipecat.frames.frames import InterruptionFrame, TTSAudioRawFrame
+from pipecat.frames.frames import (
+    Frame,
+    InterruptionFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    OutputTransportMessageFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+)
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameProcessor
@@ -150,3 +161,72 @@ async def test_agent_audio_runs_a_bounded_lead_ahead_of_playout():
     assert sent_at[lead_chunks - 1] - sent_at[0] < 0.1
     # Not dumped either: the last chunk waits until Twilio has played all but the lead.
     assert sent_at[-1] - sent_at[0] >= (1000 - PLAYOUT_LEAD_MS - 60) / 1000
+
+
+def _mark(name: str) -> OutputTransportMessageFrame:
+    return OutputTransportMessageFrame(message={"event": "mark", "streamSid": STREAM_SID, "mark": {"name": name}})
+
+
+def _reply_start() -> list[Frame]:
+    """What the speech-to-speech service pushes as a reply begins, before its first audio."""
+    return [LLMFullResponseStartFrame(), LLMTextFrame("Hello."), TTSTextFrame("Hello.", text_type="sentence"),
+            TTSStartedFrame()]
+
+
+class LoopTurns:
+    """Counts event-loop turns while running (one ``asyncio.sleep(0)`` per turn)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._task = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0)
+            self.count += 1
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+async def _turns_to_first_media(frames: list[Frame]) -> int:
+    """Loop turns from queuing ``frames`` on the call's output to the first ``media`` at Twilio."""
+    twilio = TwilioSide()
+    async with call_output(twilio) as worker:
+        turns = LoopTurns()
+        for frame in frames:
+            await worker.queue_frame(frame)
+        start = turns.count
+        while not any(m["event"] == "media" for m in twilio.sent) and turns.count - start < 1000:
+            await asyncio.sleep(0)
+        turns.stop()
+        return turns.count - start
+
+
+@pytest.mark.asyncio
+async def test_a_replys_first_audio_does_not_wait_behind_its_start_and_transcript():
+    """The reply's start and transcript just before its audio cost that audio no event-loop turns of waiting."""
+    audio = TTSAudioRawFrame(np.full(8 * 60, 3000, dtype="<i2").tobytes(), 8000, 1)
+    alone = await _turns_to_first_media([audio])
+    audio = TTSAudioRawFrame(np.full(8 * 60, 3000, dtype="<i2").tobytes(), 8000, 1)
+    after_text = await _turns_to_first_media([*_reply_start(), audio])
+    assert after_text - alone <= 2, (alone, after_text)
+
+
+@pytest.mark.asyncio
+async def test_marks_and_text_keep_their_place_around_the_audio():
+    """Each mark reaches Twilio after exactly the audio queued before it, as Twilio's playout position needs."""
+    twilio = TwilioSide()
+    chunk = np.full(8 * 60, 3000, dtype="<i2").tobytes()  # 60 ms: three 20 ms media messages
+    frames = [*_reply_start(), _mark("a"), TTSAudioRawFrame(chunk, 8000, 1), _mark("b"),
+              TTSAudioRawFrame(chunk, 8000, 1), _mark("c"), TTSStoppedFrame(), _mark("d")]
+    async with call_output(twilio) as worker:
+        for frame in frames:
+            await worker.queue_frame(frame)
+        deadline = time.monotonic() + 5
+        while len(twilio.sent) < 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+
+    sent = [m["mark"]["name"] if m["event"] == "mark" else m["event"] for m in twilio.sent]
+    assert sent == ["a", "media", "media", "media", "b", "media", "media", "media", "c", "d"], sent
