@@ -29,8 +29,10 @@ And a reply's first audio does not wait behind its text. Pipecat's output keeps 
 other than audio (the reply's start, its transcript, marks) in order with the audio by
 putting them in the same queue, which its audio task empties one item per two or more
 event-loop turns. A reply's start and first transcript come just before its first
-audio, so that audio waited four items: 4-15 ms at 10 calls, more on a busier loop. Here a frame that has nothing queued or being sent ahead of it goes out at once,
-as it would have next anyway, so the order is Pipecat's and the audio's wait is one item.
+audio, so that audio waited four items: 4-15 ms at 10 calls, more on a busier loop.
+Here a frame with nothing queued or being sent ahead of it is handled at once, as it
+would have been next anyway: the order is Pipecat's, and the first audio waits only
+for its own turn in the queue.
 """
 
 from __future__ import annotations
@@ -68,7 +70,12 @@ PLAYOUT_LEAD_MS = 200
 #: Frames Pipecat's media sender does more with than keep in order (chunking audio,
 #: flushing it, interruptions, mixing): these always take Pipecat's path.
 _SENDER_FRAMES = (
-    InterruptionFrame, OutputAudioRawFrame, OutputImageRawFrame, SpriteFrame, MixerControlFrame, TTSStoppedFrame,
+    InterruptionFrame,
+    OutputAudioRawFrame,
+    OutputImageRawFrame,
+    SpriteFrame,
+    MixerControlFrame,
+    TTSStoppedFrame,
 )
 
 

@@ -164,7 +164,8 @@ async def test_agent_audio_runs_a_bounded_lead_ahead_of_playout():
 
 
 def _mark(name: str) -> OutputTransportMessageFrame:
-    return OutputTransportMessageFrame(message={"event": "mark", "streamSid": STREAM_SID, "mark": {"name": name}})
+    message = {"event": "mark", "streamSid": STREAM_SID, "mark": {"name": name}}
+    return OutputTransportMessageFrame(message=message)
 
 
 def _reply_start() -> list[Frame]:
@@ -205,7 +206,7 @@ async def _turns_to_first_media(frames: list[Frame]) -> int:
 
 @pytest.mark.asyncio
 async def test_a_replys_first_audio_does_not_wait_behind_its_start_and_transcript():
-    """The reply's start and transcript just before its audio cost that audio no event-loop turns of waiting."""
+    """A reply's start and transcript, just before its audio, cost that audio no loop turns of waiting."""
     audio = TTSAudioRawFrame(np.full(8 * 60, 3000, dtype="<i2").tobytes(), 8000, 1)
     alone = await _turns_to_first_media([audio])
     audio = TTSAudioRawFrame(np.full(8 * 60, 3000, dtype="<i2").tobytes(), 8000, 1)
@@ -215,7 +216,7 @@ async def test_a_replys_first_audio_does_not_wait_behind_its_start_and_transcrip
 
 @pytest.mark.asyncio
 async def test_marks_and_text_keep_their_place_around_the_audio():
-    """Each mark reaches Twilio after exactly the audio queued before it, as Twilio's playout position needs."""
+    """Each mark reaches Twilio after exactly the audio queued before it (the played position)."""
     twilio = TwilioSide()
     chunk = np.full(8 * 60, 3000, dtype="<i2").tobytes()  # 60 ms: three 20 ms media messages
     frames = [*_reply_start(), _mark("a"), TTSAudioRawFrame(chunk, 8000, 1), _mark("b"),
