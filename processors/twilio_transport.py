@@ -120,9 +120,12 @@ class TwilioOutputTransport(FastAPIWebsocketOutputTransport):
             frame: A frame for the output (not a system or upstream frame: Pipecat's
                 ``process_frame`` handles those).
         """
+        if isinstance(frame, _SENDER_FRAMES) or frame.pts:  # every 20 ms audio chunk: Pipecat's path
+            await super()._handle_frame(frame)
+            return
         sender = self._media_senders.get(frame.transport_destination)
         handle = getattr(sender, "_handle_frame", None)
-        if handle is None or isinstance(frame, _SENDER_FRAMES) or frame.pts or not _sender_idle(sender):
+        if handle is None or not _sender_idle(sender):
             await super()._handle_frame(frame)
             return
         await handle(frame)

@@ -174,34 +174,17 @@ def _reply_start() -> list[Frame]:
             TTSStartedFrame()]
 
 
-class LoopTurns:
-    """Counts event-loop turns while running (one ``asyncio.sleep(0)`` per turn)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._task = asyncio.create_task(self._tick())
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(0)
-            self.count += 1
-
-    def stop(self) -> None:
-        self._task.cancel()
-
-
 async def _turns_to_first_media(frames: list[Frame]) -> int:
-    """Loop turns from queuing ``frames`` on the call's output to the first ``media`` at Twilio."""
+    """Event-loop turns from queuing ``frames`` on the call's output to the first ``media`` at Twilio."""
     twilio = TwilioSide()
     async with call_output(twilio) as worker:
-        turns = LoopTurns()
         for frame in frames:
             await worker.queue_frame(frame)
-        start = turns.count
-        while not any(m["event"] == "media" for m in twilio.sent) and turns.count - start < 1000:
-            await asyncio.sleep(0)
-        turns.stop()
-        return turns.count - start
+        turns = 0
+        while not any(m["event"] == "media" for m in twilio.sent) and turns < 1000:
+            await asyncio.sleep(0)  # one turn of the loop
+            turns += 1
+        return turns
 
 
 @pytest.mark.asyncio
