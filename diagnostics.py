@@ -21,6 +21,8 @@ What is measured, per server process:
 - **GC pauses**: how long each of Python's garbage collections held the process
   (ms, every generation), and how many objects the server froze at startup
   (``gc.freeze()``: full collections skip them).
+- **VAD batching**: Silero ONNX runs and the windows they scored since the last
+  reset (:class:`~processors.vad.SileroBatcher`); windows per run is the batch size.
 
 The hooks are :class:`CallProbe` methods, called by the serializer
 (:class:`~processors.twilio_serializer.TwilioMediaSerializer`), the model service
@@ -41,6 +43,8 @@ from collections import deque
 from typing import Any
 
 from fastapi import FastAPI
+
+from processors.vad import SileroBatcher
 
 __all__ = [
     "CALL_PROBE",
@@ -89,12 +93,15 @@ class ProcessStats:
         self._gc_started = 0.0
         self.calls_started = 0
         self.calls_ended = 0
+        self._vad_counts = (0, 0)  # the batcher's (runs, windows) at the last reset
         self._lag_task: asyncio.Task | None = None
 
     def reset(self) -> None:
-        """Forget the samples (counters of calls stay)."""
+        """Forget the samples (counters of calls stay); call on the server's loop."""
         for name in _FIGURES:
             getattr(self, name).clear()
+        batcher = SileroBatcher.for_running_loop()
+        self._vad_counts = (batcher.runs, batcher.windows)
 
     def start_lag_probe(self) -> None:
         """Start the event-loop lag task on the running loop, and time GC pauses (once)."""
@@ -136,9 +143,11 @@ class ProcessStats:
         Returns:
             ``{calls_started, calls_ended, tasks, threads, rss_bytes, loop_lag_ms:
             {n, p50, p95, p99, max}, ingress_ms: {...}, egress_ms: {...},
-            teardown_ms: {...}, gc_pause_ms: {...}, gc_frozen}``; the percentile
-            fields are None without samples. ``gc_frozen`` counts the objects
-            frozen by ``gc.freeze()``.
+            teardown_ms: {...}, gc_pause_ms: {...}, gc_frozen, vad_runs,
+            vad_windows}``; the percentile fields are None without samples.
+            ``gc_frozen`` counts the objects frozen by ``gc.freeze()``;
+            ``vad_runs`` and ``vad_windows`` count Silero runs and the windows they
+            scored since the last reset. Call on the server's loop.
         """
         if collect:
             gc.collect()
@@ -152,6 +161,9 @@ class ProcessStats:
             "rss_bytes": _rss_bytes(),
             "gc_frozen": gc.get_freeze_count(),
         }
+        batcher = SileroBatcher.for_running_loop()
+        figures["vad_runs"] = batcher.runs - self._vad_counts[0]
+        figures["vad_windows"] = batcher.windows - self._vad_counts[1]
         for name in _FIGURES:
             values = list(getattr(self, name))
             figures[name] = {

@@ -79,6 +79,8 @@ class LevelResult:
         caller_lag_ms: The callers' own loop lag, p99, ms.
         gc_max_ms: The longest garbage collection in a server process, ms (it holds
             every call of that process).
+        vad_batch: Silero windows per ONNX run, over the processes (None when the
+            server does not batch: the stock bot).
         duration_s: Wall time of the level.
     """
 
@@ -97,6 +99,7 @@ class LevelResult:
     rss_mb: float = 0.0
     caller_lag_ms: float = 0.0
     gc_max_ms: float | None = None
+    vad_batch: float | None = None
     duration_s: float = 0.0
     failed: int = 0
 
@@ -256,6 +259,8 @@ async def run_level(url: str, server: str, calls: int, wav: str,
     result.egress_ms = _worst([s["egress_ms"] for s in stats])
     result.caller_lag_ms = percentile(list(caller_lag.loop_lag_ms), 99) or 0.0
     result.gc_max_ms = _worst([s["gc_pause_ms"] for s in stats]).get("max")
+    vad_runs = sum(s.get("vad_runs", 0) for s in stats)
+    result.vad_batch = sum(s.get("vad_windows", 0) for s in stats) / vad_runs if vad_runs else None
     answered = total = 0
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
@@ -395,7 +400,7 @@ def report(results: list[LevelResult], leaks: LeakResult | None) -> str:
         f"answers after {MODEL_DELAY_MS} ms; callers in another process)",
         f"{'server':6} {'procs':>5} {'calls':>5} {'CPU core':>8} {'/call':>6} {'machine':>7} {'lag p99':>7} "
         f"{'lag max':>7} {'in p50':>6} {'in p95':>6} {'out p50':>7} {'out p95':>7} "
-        f"{'underruns':>9} {'worst':>6} {'answered':>9} {'RSS MB':>6} {'caller lag':>10} {'GC max':>6}",
+        f"{'underruns':>9} {'worst':>6} {'answered':>9} {'RSS MB':>6} {'caller lag':>10} {'GC max':>6} {'VAD batch':>9}",
     ]
     for r in results:
         lines.append(
@@ -405,7 +410,7 @@ def report(results: list[LevelResult], leaks: LeakResult | None) -> str:
             f"{_fmt(r.egress_ms.get('p50'), 7)} {_fmt(r.egress_ms.get('p95'), 7)} "
             f"{r.underruns:4d} ({r.calls_with_underruns:2d}) {r.worst_gap_ms:6.0f} "
             f"{r.answered[0]:4d}/{r.answered[1]:<4d} {r.rss_mb:6.0f} {r.caller_lag_ms:10.1f} "
-            f"{_fmt(r.gc_max_ms)}"
+            f"{_fmt(r.gc_max_ms)} {_fmt(r.vad_batch, 9)}"
             + (f"  {r.failed} calls failed" if r.failed else "")
         )
     lines.append(
@@ -416,7 +421,8 @@ def report(results: list[LevelResult], leaks: LeakResult | None) -> str:
         "(caller audio in -> sent to the model) and egress (first model audio -> first Twilio "
         f"media), ms. underruns: gaps > {UNDERRUN_MS:.0f} ms inside agent speech at the callers "
         "(calls affected); worst gap, ms. caller lag: the callers' own loop, p99 ms. GC max: "
-        "the server's longest garbage collection, ms."
+        "the server's longest garbage collection, ms. VAD batch: Silero windows scored per ONNX run "
+        "(the calls of a process share runs)."
     )
     if leaks:
         lines += [

@@ -9,7 +9,7 @@ from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams, VADState
 from offline.caller import load_wav_8k, split_utterances
 from processors.g711 import ulaw_decode, ulaw_encode
-from processors.vad import PhoneSileroVADAnalyzer
+from processors.vad import PhoneSileroVADAnalyzer, SileroBatcher, shared_silero_session
 from tests.support import AUDIO
 
 PARAMS = dict(confidence=0.5, start_secs=0.3, stop_secs=0.2, min_volume=0.5)
@@ -92,3 +92,80 @@ def test_calls_share_the_model_but_not_its_state_nor_a_thread_each(utterances):
     assert started[0::2] == [alone] * 10  # each speaking call, as if it were alone
     assert started[1::2] == [None] * 10  # and the silent ones never speak
     assert threading.active_count() - threads_before <= 2  # a shared pool, not 20 threads
+
+
+def test_calls_scored_together_share_one_model_run(utterances):
+    """Windows of several calls, handed in at different moments, go in one ONNX run."""
+    lines = [_phone_line(utterances[1]), _phone_line(utterances[2])]
+    alone = [_speaking_at(PhoneSileroVADAnalyzer(params=VADParams(**PARAMS)), line) for line in lines]
+
+    async def staggered():
+        # A wait long enough that only "every call is in" can start a run early.
+        batcher = SileroBatcher(shared_silero_session(), max_wait_s=30)
+        SileroBatcher._by_loop[asyncio.get_running_loop()] = batcher
+        calls = [PhoneSileroVADAnalyzer(params=VADParams(**PARAMS)) for _ in lines]
+        started: list[float | None] = [None, None]
+
+        async def one(n: int, i: int):
+            if i >= 3200:  # once the batcher has seen both calls (their first windows, together)
+                await asyncio.sleep(0.001 * n)  # the second call's frames come a little later
+            if await calls[n].analyze_audio(lines[n][i : i + 320]) == VADState.SPEAKING and started[n] is None:
+                started[n] = i / 16000
+
+        for call in calls:
+            call.set_sample_rate(8000)
+        begun = asyncio.get_running_loop().time()
+        for i in range(0, min(map(len, lines)), 320):
+            await asyncio.gather(one(0, i), one(1, i))
+        return started, batcher, asyncio.get_running_loop().time() - begun
+
+    started, batcher, took = asyncio.run(staggered())
+    assert started == alone  # each call decides as if it were alone
+    assert batcher.windows == 2 * batcher.runs  # every run held both calls' windows
+    assert took < 30  # and none waited for the timer
+
+
+def test_a_lone_call_is_not_held_for_company(utterances):
+    """With one call, a window is scored at the end of the loop turn, not after the wait."""
+    line = _phone_line(utterances[1])
+
+    async def turns_per_frame() -> int:
+        batcher = SileroBatcher(shared_silero_session(), max_wait_s=1)
+        SileroBatcher._by_loop[asyncio.get_running_loop()] = batcher
+        call = PhoneSileroVADAnalyzer(params=VADParams(**PARAMS))
+        call.set_sample_rate(8000)
+        worst = 0
+        for i in range(0, 3200, 320):  # 200 ms: six windows
+            task = asyncio.ensure_future(call.analyze_audio(line[i : i + 320]))
+            turns = 0
+            while not task.done():
+                await asyncio.sleep(0)
+                turns += 1
+            worst = max(worst, turns)
+        assert batcher.windows > 0
+        return worst
+
+    assert asyncio.run(turns_per_frame()) <= 4
+
+
+def test_a_shared_run_scores_each_window_as_it_would_alone(utterances):
+    """The batched scores equal, to the bit, those of the model run on one window at a time."""
+    line = _phone_line(utterances[1])
+    window = 512  # bytes: 32 ms at 8 kHz
+    alone = PhoneSileroVADAnalyzer(params=VADParams(**PARAMS))
+    alone.set_sample_rate(8000)
+    expected = [alone.voice_confidence(line[i : i + window]) for i in range(0, len(line) - window, window)]
+
+    async def batched() -> list[list[float]]:
+        calls = [PhoneSileroVADAnalyzer(params=VADParams(**PARAMS)) for _ in range(3)]
+        scores: list[list[float]] = [[] for _ in calls]
+        for n, call in enumerate(calls):
+            call.set_sample_rate(8000)
+            confidence = call.voice_confidence  # record what the state machine is given
+            call.voice_confidence = lambda buffer, c=confidence, s=scores[n]: s.append(c(buffer)) or s[-1]
+        for i in range(0, len(line) - window, window):
+            await asyncio.gather(*(call.analyze_audio(line[i : i + window]) for call in calls))
+        assert SileroBatcher.for_running_loop().runs == len(expected)  # three windows per run
+        return scores
+
+    assert all(scores == expected for scores in asyncio.run(batched()))
