@@ -100,8 +100,7 @@ class ProcessStats:
         """Forget the samples (counters of calls stay); call on the server's loop."""
         for name in _FIGURES:
             getattr(self, name).clear()
-        batcher = SileroBatcher.for_running_loop()
-        self._vad_counts = (batcher.runs, batcher.windows)
+        self._vad_counts = SileroBatcher.counts()
 
     def start_lag_probe(self) -> None:
         """Start the event-loop lag task on the running loop, and time GC pauses (once)."""
@@ -161,9 +160,9 @@ class ProcessStats:
             "rss_bytes": _rss_bytes(),
             "gc_frozen": gc.get_freeze_count(),
         }
-        batcher = SileroBatcher.for_running_loop()
-        figures["vad_runs"] = batcher.runs - self._vad_counts[0]
-        figures["vad_windows"] = batcher.windows - self._vad_counts[1]
+        runs, windows = SileroBatcher.counts()
+        figures["vad_runs"] = runs - self._vad_counts[0]
+        figures["vad_windows"] = windows - self._vad_counts[1]
         for name in _FIGURES:
             values = list(getattr(self, name))
             figures[name] = {

@@ -147,6 +147,15 @@ class SileroBatcher:
         return batcher
 
     @classmethod
+    def counts(cls) -> tuple[int, int]:
+        """The running loop's ONNX runs and windows scored so far; (0, 0) before any.
+
+        Unlike :meth:`for_running_loop`, creates no batcher (nor loads the model).
+        """
+        batcher = cls._by_loop.get(asyncio.get_running_loop())
+        return (batcher.runs, batcher.windows) if batcher else (0, 0)
+
+    @classmethod
     def forget(cls, model: _CallSileroState) -> None:
         """Stop waiting for ``model``'s windows: its call has ended.
 
@@ -183,17 +192,12 @@ class SileroBatcher:
         """Score every queued window in one ONNX run, and advance each call's state."""
         self._handle = None
         batch, self._pending = self._pending, []
-        seen: set[int] = set()
-        for i, (model, _, _) in enumerate(batch):  # a call's second window waits a run
-            if id(model) in seen:
-                self._pending, batch = batch[i:], batch[:i]
-                self._handle = asyncio.get_running_loop().call_soon(self._run)
-                break
-            seen.add(id(model))
-        for model, _, _ in batch:
-            if model._context.shape != (1, _MODEL_CONTEXT):  # fresh or reset state
-                model._context = np.zeros((1, _MODEL_CONTEXT), dtype=np.float32)
-        inputs = np.concatenate([np.concatenate((m._context[0], w))[None] for m, w, _ in batch])
+        # A call has at most one window here: analyze_audio() awaits each before the next.
+        inputs = np.zeros((len(batch), _MODEL_CONTEXT + _MODEL_WINDOW), dtype=np.float32)
+        for i, (model, window, _) in enumerate(batch):
+            if model._context.size:  # empty after a reset: the context is silence
+                inputs[i, :_MODEL_CONTEXT] = model._context[0]
+            inputs[i, _MODEL_CONTEXT:] = window
         states = np.concatenate([m._state for m, _, _ in batch], axis=1)
         try:
             confidences, new_states = self._session.run(None, {"input": inputs, "state": states, "sr": self._sr})

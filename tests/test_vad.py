@@ -91,7 +91,7 @@ def test_calls_share_the_model_but_not_its_state_nor_a_thread_each(utterances):
     started = asyncio.run(interleaved())
     assert started[0::2] == [alone] * 10  # each speaking call, as if it were alone
     assert started[1::2] == [None] * 10  # and the silent ones never speak
-    assert threading.active_count() - threads_before <= 2  # a shared pool, not 20 threads
+    assert threading.active_count() - threads_before <= 2  # no thread per call
 
 
 def test_calls_scored_together_share_one_model_run(utterances):
