@@ -100,6 +100,7 @@ class Settings(BaseSettings):
     BARGE_IN_MIN_SECS: float = Field(default=0.3, gt=0, le=2.0)
     VAD_STOP_SECS: float = Field(default=0.2, gt=0, le=2.0)
     VAD_MIN_VOLUME: float = Field(default=0.5, ge=0, le=1.0)
+    VAD_MAX_GAIN_DB: float = Field(default=24.0, ge=0, le=40.0)
     VAD_CONFIDENCE: float = Field(default=0.5, gt=0, lt=1.0)
     USER_TURN_TIMEOUT_SECS: float = Field(default=0.6, gt=0, le=5.0)
 

@@ -66,7 +66,9 @@ def build(call: CallContext) -> list[FrameProcessor]:
     attach_tools(call, services.llm)
     context_aggregators = LLMContextAggregatorPair(
         context,
-        user_params=turn_taking(call.settings, cascade.CASCADE_TURN_DETECTION, wait_for_transcript=True),
+        user_params=turn_taking(
+            call.settings, cascade.CASCADE_TURN_DETECTION, wait_for_transcript=True, agent_playing=playout.playing
+        ),
     )
     transcript = follow_playout(call, context, playout)  # record, context, call control
 

@@ -51,7 +51,7 @@ def build(call: CallContext) -> list[FrameProcessor]:
     context = opening_context(call)
     attach_tools(call, s2s.service)
     context_aggregators = LLMContextAggregatorPair(
-        context, user_params=turn_taking(call.settings, agent.turn_detection)
+        context, user_params=turn_taking(call.settings, agent.turn_detection, agent_playing=playout.playing)
     )
     transcript = follow_playout(call, context, playout)  # record, context, call control
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregatorParams
@@ -20,7 +22,13 @@ from processors.vad import PhoneSileroVADAnalyzer
 __all__ = ["turn_taking"]
 
 
-def turn_taking(settings: Settings, mode: str, *, wait_for_transcript: bool = False) -> LLMUserAggregatorParams:
+def turn_taking(
+    settings: Settings,
+    mode: str,
+    *,
+    wait_for_transcript: bool = False,
+    agent_playing: Callable[[], bool] | None = None,
+) -> LLMUserAggregatorParams:
     """The user aggregator's parameters for a turn-detection mode (``TURN_DETECTION``).
 
     - ``local``: Silero VAD; the turn ends after ``USER_TURN_TIMEOUT_SECS`` of silence.
@@ -35,6 +43,9 @@ def turn_taking(settings: Settings, mode: str, *, wait_for_transcript: bool = Fa
         wait_for_transcript: Whether a turn ends only once its transcript has come
             (a speech-to-text service in the graph: the LLM needs the words);
             speech-to-speech models hear the audio and need not wait.
+        agent_playing: Whether the agent's audio is playing (the call's
+            ``PlayoutTracker.playing``): Silero's input is not raised for a quiet
+            caller then (``VAD_MAX_GAIN_DB``), so the agent's echo stays low.
 
     Returns:
         The parameters of :class:`LLMContextAggregatorPair`'s user aggregator.
@@ -47,7 +58,9 @@ def turn_taking(settings: Settings, mode: str, *, wait_for_transcript: bool = Fa
             start_secs=settings.BARGE_IN_MIN_SECS,
             stop_secs=settings.VAD_STOP_SECS,
             min_volume=settings.VAD_MIN_VOLUME,
-        )
+        ),
+        max_gain_db=settings.VAD_MAX_GAIN_DB,
+        agent_playing=agent_playing,
     )
     if mode == "smart":
         stop = TurnAnalyzerUserTurnStopStrategy(

@@ -7,9 +7,9 @@ import pytest
 
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams, VADState
-from offline.caller import load_wav_8k, split_utterances
+from offline.caller import _scale_speech, load_wav_8k, split_utterances
 from processors.g711 import ulaw_decode, ulaw_encode
-from processors.vad import PhoneSileroVADAnalyzer, SileroBatcher, shared_silero_session
+from processors.vad import NOISE_CEILING_DBFS, PhoneSileroVADAnalyzer, SileroBatcher, shared_silero_session
 from tests.support import AUDIO
 
 PARAMS = dict(confidence=0.5, start_secs=0.3, stop_secs=0.2, min_volume=0.5)
@@ -169,3 +169,75 @@ def test_a_shared_run_scores_each_window_as_it_would_alone(utterances):
         return scores
 
     assert all(scores == expected for scores in asyncio.run(batched()))
+
+
+def _speech_starts(analyzer, audio: bytes) -> list[float]:
+    """Audio times (s) at which the analyzer's state becomes SPEAKING, fed 20 ms frames."""
+    analyzer.set_sample_rate(8000)
+
+    async def run():
+        starts, before = [], VADState.QUIET
+        for i in range(0, len(audio), 320):
+            state = await analyzer.analyze_audio(audio[i : i + 320])
+            if state == VADState.SPEAKING and before != VADState.SPEAKING:
+                starts.append(i / 16000)
+            before = state
+        return starts
+
+    return asyncio.run(run())
+
+
+def _quiet_line(seconds_before: float = 4.0) -> tuple[bytes, list[float]]:
+    """``jfk_8k.wav`` at -35 dBFS (a quiet handset) on a line with -65 dBFS noise,
+    after ``seconds_before`` of that noise alone (the greeting), through mu-law.
+
+    Returns:
+        The line's audio and each utterance's start (s, its 100 ms pad included).
+    """
+    pcm = load_wav_8k(AUDIO / "jfk_8k.wav")
+    spans = split_utterances(pcm)
+    quiet = _scale_speech(pcm, spans, -35)
+    lead = int(8000 * seconds_before)
+    line = np.concatenate([np.zeros(lead, dtype=np.int16), quiet]).astype(np.float64)
+    line += np.random.default_rng(5).standard_normal(len(line)) * 32768 * 10 ** (-65 / 20)
+    line = np.clip(np.rint(line), -32768, 32767).astype("<i2")
+    return ulaw_decode(ulaw_encode(line.tobytes())), [(lead + s) / 8000 for s, _ in spans]
+
+
+def test_a_quiet_caller_is_heard():
+    """Every utterance of a -35 dBFS caller starts a turn; without the gain one never does."""
+    line, onsets = _quiet_line()
+
+    def heard(starts: list[float]) -> list[bool]:
+        return [any(onset <= t <= onset + 1.2 for t in starts) for onset in onsets]
+
+    assert all(heard(_speech_starts(PhoneSileroVADAnalyzer(params=VADParams(**PARAMS)), line)))
+    unraised = PhoneSileroVADAnalyzer(params=VADParams(**PARAMS), max_gain_db=0)
+    assert not all(heard(_speech_starts(unraised, line)))  # "ask not what your country..."
+
+
+def test_no_gain_while_the_agent_plays_so_its_echo_is_not_raised():
+    """While the agent's audio plays the model scores exactly what it would with no gain."""
+    line, _ = _quiet_line()
+    window = 512  # bytes: 32 ms at 8 kHz
+
+    def scores(analyzer) -> list[float]:
+        analyzer.set_sample_rate(8000)
+        return [analyzer.voice_confidence(line[i : i + window]) for i in range(0, len(line) - window, window)]
+
+    raised = PhoneSileroVADAnalyzer(params=VADParams(**PARAMS))
+    playing = PhoneSileroVADAnalyzer(params=VADParams(**PARAMS), agent_playing=lambda: True)
+    unraised = PhoneSileroVADAnalyzer(params=VADParams(**PARAMS), max_gain_db=0)
+    assert scores(playing) == scores(unraised)
+    assert scores(raised) != scores(unraised)
+
+
+def test_line_noise_is_not_raised_into_speech():
+    """A quiet line's noise gets gain only up to the noise ceiling, and is never speech."""
+    rng = np.random.default_rng(7)
+    for level_dbfs in (-65.0, -45.0):
+        noise = rng.standard_normal(8000 * 12) * 32768 * 10 ** (level_dbfs / 20)
+        line = ulaw_decode(ulaw_encode(np.clip(np.rint(noise), -32768, 32767).astype("<i2").tobytes()))
+        analyzer = PhoneSileroVADAnalyzer(params=VADParams(**PARAMS))
+        assert _speech_starts(analyzer, line) == []
+        assert 0 < analyzer._levels.gain_db <= NOISE_CEILING_DBFS - level_dbfs + 1  # raised, capped
