@@ -275,6 +275,8 @@ class LevelNormalizer:
         Args:
             window: The window's samples (int16 scale, any float or int dtype).
         """
+        if self._max_gain_db <= 0:  # turned off: nothing to track
+            return 1.0
         samples = window.astype(np.float32, copy=False)
         energy = float(samples @ samples) / max(1, len(samples))
         level_db = 10 * math.log10(energy / 32768**2 + 1e-12)

@@ -15,23 +15,40 @@ from tests.support import AUDIO
 PARAMS = dict(confidence=0.5, start_secs=0.3, stop_secs=0.2, min_volume=0.5)
 
 
-def _phone_line(pcm: np.ndarray) -> bytes:
-    """Half a second of silence, then ``pcm``, through mu-law as Twilio carries it."""
-    line = np.concatenate([np.zeros(4000, dtype=np.int16), pcm])
-    return ulaw_decode(ulaw_encode(line.astype("<i2").tobytes()))
+def _phone_line(pcm: np.ndarray, lead_s: float = 0.5, noise_dbfs: float | None = None) -> bytes:
+    """``lead_s`` of silence, then ``pcm``, through mu-law as Twilio carries it.
+
+    Args:
+        pcm: int16 samples at 8 kHz.
+        lead_s: Silence before them, in s.
+        noise_dbfs: Line noise (white, RMS in dBFS) over all of it; None: none.
+    """
+    line = np.concatenate([np.zeros(int(8000 * lead_s), dtype=np.int16), pcm]).astype(np.float64)
+    if noise_dbfs is not None:
+        line += np.random.default_rng(5).standard_normal(len(line)) * 32768 * 10 ** (noise_dbfs / 20)
+    return ulaw_decode(ulaw_encode(np.clip(np.rint(line), -32768, 32767).astype("<i2").tobytes()))
+
+
+def _speech_starts(analyzer, audio: bytes) -> list[float]:
+    """Audio times (s) at which the analyzer's state becomes SPEAKING, fed 20 ms frames."""
+    analyzer.set_sample_rate(8000)
+
+    async def run():
+        starts, before = [], VADState.QUIET
+        for i in range(0, len(audio), 320):
+            state = await analyzer.analyze_audio(audio[i : i + 320])
+            if state == VADState.SPEAKING and before != VADState.SPEAKING:
+                starts.append(i / 16000)
+            before = state
+        return starts
+
+    return asyncio.run(run())
 
 
 def _speaking_at(analyzer, audio: bytes) -> float | None:
     """Audio time (s) at which the analyzer first reports SPEAKING, fed 20 ms frames."""
-    analyzer.set_sample_rate(8000)
-
-    async def run():
-        for i in range(0, len(audio), 320):
-            if await analyzer.analyze_audio(audio[i : i + 320]) == VADState.SPEAKING:
-                return i / 16000
-        return None
-
-    return asyncio.run(run())
+    starts = _speech_starts(analyzer, audio)
+    return starts[0] if starts else None
 
 
 @pytest.fixture(scope="module")
@@ -171,22 +188,6 @@ def test_a_shared_run_scores_each_window_as_it_would_alone(utterances):
     assert all(scores == expected for scores in asyncio.run(batched()))
 
 
-def _speech_starts(analyzer, audio: bytes) -> list[float]:
-    """Audio times (s) at which the analyzer's state becomes SPEAKING, fed 20 ms frames."""
-    analyzer.set_sample_rate(8000)
-
-    async def run():
-        starts, before = [], VADState.QUIET
-        for i in range(0, len(audio), 320):
-            state = await analyzer.analyze_audio(audio[i : i + 320])
-            if state == VADState.SPEAKING and before != VADState.SPEAKING:
-                starts.append(i / 16000)
-            before = state
-        return starts
-
-    return asyncio.run(run())
-
-
 def _quiet_line(seconds_before: float = 4.0) -> tuple[bytes, list[float]]:
     """``jfk_8k.wav`` at -35 dBFS (a quiet handset) on a line with -65 dBFS noise,
     after ``seconds_before`` of that noise alone (the greeting), through mu-law.
@@ -196,12 +197,8 @@ def _quiet_line(seconds_before: float = 4.0) -> tuple[bytes, list[float]]:
     """
     pcm = load_wav_8k(AUDIO / "jfk_8k.wav")
     spans = split_utterances(pcm)
-    quiet = _scale_speech(pcm, spans, -35)
-    lead = int(8000 * seconds_before)
-    line = np.concatenate([np.zeros(lead, dtype=np.int16), quiet]).astype(np.float64)
-    line += np.random.default_rng(5).standard_normal(len(line)) * 32768 * 10 ** (-65 / 20)
-    line = np.clip(np.rint(line), -32768, 32767).astype("<i2")
-    return ulaw_decode(ulaw_encode(line.tobytes())), [(lead + s) / 8000 for s, _ in spans]
+    line = _phone_line(_scale_speech(pcm, spans, -35), lead_s=seconds_before, noise_dbfs=-65)
+    return line, [seconds_before + s / 8000 for s, _ in spans]
 
 
 def test_a_quiet_caller_is_heard():
@@ -225,19 +222,17 @@ def test_no_gain_while_the_agent_plays_so_its_echo_is_not_raised():
         analyzer.set_sample_rate(8000)
         return [analyzer.voice_confidence(line[i : i + window]) for i in range(0, len(line) - window, window)]
 
-    raised = PhoneSileroVADAnalyzer(params=VADParams(**PARAMS))
-    playing = PhoneSileroVADAnalyzer(params=VADParams(**PARAMS), agent_playing=lambda: True)
-    unraised = PhoneSileroVADAnalyzer(params=VADParams(**PARAMS), max_gain_db=0)
-    assert scores(playing) == scores(unraised)
-    assert scores(raised) != scores(unraised)
+    unraised = scores(PhoneSileroVADAnalyzer(params=VADParams(**PARAMS), max_gain_db=0))
+    playing = scores(PhoneSileroVADAnalyzer(params=VADParams(**PARAMS), agent_playing=lambda: True))
+    raised = scores(PhoneSileroVADAnalyzer(params=VADParams(**PARAMS), agent_playing=lambda: False))
+    assert playing == unraised
+    assert raised != unraised  # each analyzer scores the line once, from a fresh state
 
 
 def test_line_noise_is_not_raised_into_speech():
     """A quiet line's noise gets gain only up to the noise ceiling, and is never speech."""
-    rng = np.random.default_rng(7)
     for level_dbfs in (-65.0, -45.0):
-        noise = rng.standard_normal(8000 * 12) * 32768 * 10 ** (level_dbfs / 20)
-        line = ulaw_decode(ulaw_encode(np.clip(np.rint(noise), -32768, 32767).astype("<i2").tobytes()))
+        line = _phone_line(np.zeros(8000 * 12, dtype=np.int16), noise_dbfs=level_dbfs)
         analyzer = PhoneSileroVADAnalyzer(params=VADParams(**PARAMS))
         assert _speech_starts(analyzer, line) == []
         assert 0 < analyzer._levels.gain_db <= NOISE_CEILING_DBFS - level_dbfs + 1  # raised, capped
