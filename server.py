@@ -61,6 +61,7 @@ from loguru import logger
 from bot import StreamStart, run_bot
 import dashboard
 import diagnostics
+import wait_for
 from config import ConfigError, Settings, is_loopback, load_settings
 from outbound import AMD_FAX, AMD_MACHINE, AnsweringMachineGate, OutboundCallRequest, plan_call
 from processors.vad import shared_silero_session
@@ -148,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ConfigError: If the configuration cannot work.
     """
     settings = settings or load_settings()
+    wait_for.install()  # Pipecat's per-frame asyncio.wait_for without a task each (Python 3.11)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
