@@ -55,14 +55,15 @@ def build(call: CallContext) -> list[FrameProcessor]:
     )
     transcript = follow_playout(call, context, playout)  # record, context, call control
 
-    # Many calls share one event loop: the echo canceller and the resampler run in
-    # direct mode (each frame handled in the pusher's task, no queue and task switch
-    # per hop).
+    # Many calls share one event loop: the processors between the transport and the
+    # model that only pass the caller's audio on (the echo canceller, the keys, the
+    # transcript's tap), and the resampler, run in direct mode: each frame handled in
+    # the pusher's task, with no queue, task switch and loop turn per hop.
     return [
         call.transport.input(),  # Twilio media -> 8 kHz PCM (our G.711 codec)
         EchoCanceller(playout, enable_direct_mode=True),  # the agent's own voice leaking back is not the caller
         context_aggregators.user(),  # Silero VAD at 8 kHz: caller turns and barge-in
-        DTMFToAgent(),  # keys the caller presses -> the model and the call record
+        DTMFToAgent(enable_direct_mode=True),  # keys the caller presses -> the model and the call record
         transcript.user(),  # caller turns -> call record
         s2s.service,  # the speech-to-speech model
         last_stop(InputAudioRawFrame, "CallerAudioEnd"),  # caller audio goes no further than the model

@@ -25,10 +25,19 @@ the last reply (the greeting, or a reply to something earlier) has no latency.
 
 A turn is committed to the store as soon as it completes, so a crash loses at most
 the turn in progress. At the end of the call, caller turns still open are written too.
+
+The caller's audio passes :meth:`TranscriptLogger.user` on its way to the model 50
+times a second, so that processor runs in direct mode (in the pusher's task: no queue
+and no task switch per frame, which cost the caller's audio a loop turn each). It
+must then never wait on the store: the frame that completes a caller turn is pushed
+by the model service's receive task, which would wait with it. Caller turns are
+written by a task of their own, one after another in the order they completed, and
+the end of the call waits for them.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from datetime import datetime, timezone
 from dataclasses import dataclass
@@ -75,7 +84,8 @@ class TranscriptLogger:
         self._awaiting_transcript: deque[_Turn] = deque()
         self._caller_stopped_at: str | None = None  # the newest caller turn end not yet answered
         self._vad_stopped_at: str | None = None  # when the caller's speech last stopped, if since resumed: None
-        self._user = _UserTurnTap(self, name="TranscriptLogger.user")
+        self._user_writes: asyncio.Task | None = None  # the newest caller-turn write
+        self._user = _UserTurnTap(self, name="TranscriptLogger.user", enable_direct_mode=True)
         playout.add_event_handler("on_reply_finished", self.record_reply)
 
     def user(self) -> FrameProcessor:
@@ -105,6 +115,23 @@ class TranscriptLogger:
             ended_at=turn.ended_at or utc_now(),
         )
         logger.info(f"[{self._call_sid}] user: {text}")
+
+    def _write_user_soon(self, turn: _Turn, text: str) -> None:
+        """Write a caller turn from a task of its own, after the ones before it.
+
+        A failed write is logged; the turns after it are still written.
+        """
+        previous = self._user_writes
+
+        async def write() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            try:
+                await self._write_user(turn, text)
+            except Exception as exc:
+                logger.opt(exception=exc).error(f"[{self._call_sid}] the caller's turn was not recorded: {text}")
+
+        self._user_writes = asyncio.get_running_loop().create_task(write())
 
     async def record_reply(self, _tracker: PlayoutTracker, reply: Reply) -> None:
         """Record one agent turn as heard (the ``on_reply_finished`` handler).
@@ -155,10 +182,12 @@ class TranscriptLogger:
                 turn = self._user_turn or _Turn(started_at=utc_now())
                 turn.ended_at = turn.ended_at or utc_now()
                 self._user_turn = None
-            await self._write_user(turn, frame.text.strip())
+            self._write_user_soon(turn, frame.text.strip())
 
     async def flush(self) -> None:
-        """Write the caller turns still open (the call is ending)."""
+        """Wait for the caller turns being written, then write those still open (the call is ending)."""
+        if self._user_writes is not None:
+            await asyncio.wait([self._user_writes])
         pending = list(self._awaiting_transcript) + ([self._user_turn] if self._user_turn else [])
         self._awaiting_transcript.clear()
         self._user_turn = None
@@ -181,7 +210,7 @@ class _TranscriptTap(FrameProcessor):
 
 
 class _UserTurnTap(FrameProcessor):
-    """Forwards every frame; reports caller-turn frames to the logger."""
+    """Forwards every frame; reports caller-turn frames to the logger (direct mode: never waits on the store)."""
 
     def __init__(self, owner: TranscriptLogger, **kwargs):
         super().__init__(**kwargs)
