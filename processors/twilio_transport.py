@@ -9,7 +9,9 @@ the ``clear`` before that chunk. Twilio then plays a piece of the reply the call
 just cut off: ``clear`` empties what Twilio holds, not what comes next. Source:
 https://www.twilio.com/docs/voice/media-streams/websocket-messages ("clear"). Seen in the
 barge-in e2e test about one run in five; ``tests/test_twilio_transport.py`` lands the
-interruption at each loop turn in turn.
+interruption at each loop turn in turn. (The server's ``wait_for.py`` runs those
+awaitables in the audio task itself, which narrows the window to the awaits left
+between the two steps; the guard below does not depend on how wide it is.)
 
 :class:`TwilioWebsocketTransport` is :class:`FastAPIWebsocketTransport` with an output
 that refuses, once an interruption has been handled, every interruptible audio chunk
