@@ -44,7 +44,7 @@ def build(call: CallContext) -> list[FrameProcessor]:
             does; another would need an input resampler before the model).
     """
     agent = agent_config(call.settings, call.resources.agent if call.resources else None, call.parameters)
-    playout = PlayoutTracker(call.stream_sid)
+    playout = PlayoutTracker(call.stream_sid, enable_direct_mode=True)
     s2s = speech_to_speech(call.settings, playout, agent, local_agent_url=call.local_agent_url)
     if s2s.input_sample_rate != TWILIO_SAMPLE_RATE:
         raise ValueError(f"the model takes {s2s.input_sample_rate} Hz; this graph sends the caller's 8 kHz")
@@ -57,8 +57,10 @@ def build(call: CallContext) -> list[FrameProcessor]:
 
     # Many calls share one event loop: the processors between the transport and the
     # model that only pass the caller's audio on (the echo canceller, the keys, the
-    # transcript's tap), and the resampler, run in direct mode: each frame handled in
-    # the pusher's task, with no queue, task switch and loop turn per hop.
+    # transcript's tap), and those between the model and Twilio (the resampler, the
+    # playout tracker, the output transport), run in direct mode: each frame handled
+    # in the pusher's task, with no queue, task switch and loop turn per hop. The
+    # output's own audio task still paces what it sends.
     return [
         call.transport.input(),  # Twilio media -> 8 kHz PCM (our G.711 codec)
         EchoCanceller(playout, enable_direct_mode=True),  # the agent's own voice leaking back is not the caller
