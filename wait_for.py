@@ -3,8 +3,8 @@
 Pipecat's transports wrap every audio frame in ``asyncio.wait_for``: the input's audio
 task per caller frame (``BaseInputTransport._audio_task_handler``), the output's media
 sender per chunk taken from its queue and per chunk written (``MediaSender._next_frame``,
-``_internal_write_audio_frame``). For a phone call that is three calls every 20 ms, each
-way the audio goes.
+``_internal_write_audio_frame``). For a phone call that is one call per 20 ms caller
+frame coming in, and two per 20 ms chunk of the agent's audio going out.
 
 On Python 3.11 ``asyncio.wait_for`` runs its awaitable in a new task, and so does
 ``wait_for2``, which Pipecat puts in its place on Python < 3.12 (``pipecat/__init__.py``).

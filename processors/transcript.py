@@ -131,7 +131,7 @@ class TranscriptLogger:
             except Exception as exc:
                 logger.opt(exception=exc).error(f"[{self._call_sid}] the caller's turn was not recorded: {text}")
 
-        self._user_writes = asyncio.get_running_loop().create_task(write())
+        self._user_writes = asyncio.create_task(write())
 
     async def record_reply(self, _tracker: PlayoutTracker, reply: Reply) -> None:
         """Record one agent turn as heard (the ``on_reply_finished`` handler).
