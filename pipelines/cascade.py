@@ -64,17 +64,20 @@ def build(call: CallContext) -> list[FrameProcessor]:
     playout = PlayoutTracker(call.stream_sid)
     context = opening_context(call)
     attach_tools(call, services.llm)
-    context_aggregators = LLMContextAggregatorPair(
-        context,
-        user_params=turn_taking(
-            call.settings, cascade.CASCADE_TURN_DETECTION, wait_for_transcript=True, agent_playing=playout.playing
-        ),
+    echo = EchoCanceller(playout)
+    turns = turn_taking(
+        call.settings,
+        cascade.CASCADE_TURN_DETECTION,
+        wait_for_transcript=True,
+        agent_playing=playout.playing,
+        echo_headroom_db=echo.headroom_db,
     )
+    context_aggregators = LLMContextAggregatorPair(context, user_params=turns)
     transcript = follow_playout(call, context, playout)  # record, context, call control
 
     return [
         call.transport.input(),  # Twilio media -> 8 kHz PCM (our G.711 codec)
-        EchoCanceller(playout),  # the agent's own voice leaking back is not the caller
+        echo,  # the agent's own voice leaking back is not the caller
         services.stt,  # each caller utterance (cut by the VAD) -> text
         transcript.user(),  # caller turns -> call record
         context_aggregators.user(),  # Silero VAD + smart-turn: caller turns and barge-in

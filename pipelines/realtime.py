@@ -50,9 +50,11 @@ def build(call: CallContext) -> list[FrameProcessor]:
         raise ValueError(f"the model takes {s2s.input_sample_rate} Hz; this graph sends the caller's 8 kHz")
     context = opening_context(call)
     attach_tools(call, s2s.service)
-    context_aggregators = LLMContextAggregatorPair(
-        context, user_params=turn_taking(call.settings, agent.turn_detection, agent_playing=playout.playing)
+    echo = EchoCanceller(playout, enable_direct_mode=True)
+    turns = turn_taking(
+        call.settings, agent.turn_detection, agent_playing=playout.playing, echo_headroom_db=echo.headroom_db
     )
+    context_aggregators = LLMContextAggregatorPair(context, user_params=turns)
     transcript = follow_playout(call, context, playout)  # record, context, call control
 
     # Many calls share one event loop: the processors between the transport and the
@@ -63,7 +65,7 @@ def build(call: CallContext) -> list[FrameProcessor]:
     # output's own audio task still paces what it sends.
     return [
         call.transport.input(),  # Twilio media -> 8 kHz PCM (our G.711 codec)
-        EchoCanceller(playout, enable_direct_mode=True),  # the agent's own voice leaking back is not the caller
+        echo,  # the agent's own voice leaking back is not the caller
         context_aggregators.user(),  # Silero VAD at 8 kHz: caller turns and barge-in
         DTMFToAgent(enable_direct_mode=True),  # keys the caller presses -> the model and the call record
         transcript.user(),  # caller turns -> call record

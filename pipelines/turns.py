@@ -28,6 +28,7 @@ def turn_taking(
     *,
     wait_for_transcript: bool = False,
     agent_playing: Callable[[], bool] | None = None,
+    echo_headroom_db: Callable[[bytes], float] | None = None,
 ) -> LLMUserAggregatorParams:
     """The user aggregator's parameters for a turn-detection mode (``TURN_DETECTION``).
 
@@ -44,8 +45,11 @@ def turn_taking(
             (a speech-to-text service in the graph: the LLM needs the words);
             speech-to-speech models hear the audio and need not wait.
         agent_playing: Whether the agent's audio is playing (the call's
-            ``PlayoutTracker.playing``): Silero's input is not raised for a quiet
-            caller then (``VAD_MAX_GAIN_DB``), so the agent's echo stays low.
+            ``PlayoutTracker.playing``): Silero's input is raised for a quiet
+            caller (``VAD_MAX_GAIN_DB``) then only as far as ``echo_headroom_db``
+            allows, so the agent's echo stays low.
+        echo_headroom_db: The call's ``EchoCanceller.headroom_db``: how far each
+            frame may be raised while the agent plays (None: not at all).
 
     Returns:
         The parameters of :class:`LLMContextAggregatorPair`'s user aggregator.
@@ -61,6 +65,7 @@ def turn_taking(
         ),
         max_gain_db=settings.VAD_MAX_GAIN_DB,
         agent_playing=agent_playing,
+        echo_headroom_db=echo_headroom_db,
     )
     if mode == "smart":
         stop = TurnAnalyzerUserTurnStopStrategy(

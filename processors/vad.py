@@ -36,11 +36,18 @@ so the agent never answers it. So each window is raised towards a speech peak of
 :data:`TARGET_PEAK_DBFS` before the model scores it (:class:`LevelNormalizer`); Pipecat
 still computes the volume, and the caller's audio to the model is untouched. The
 gain is capped so the line's noise floor stays under :data:`NOISE_CEILING_DBFS` (a
-noisy line gets none), and it is none while the agent's audio plays and for
-:data:`ECHO_HOLD_S` after: the echo canceller's residual would be raised too, and a
-raised echo is a false barge-in. Measured over the simulated phone line, three calls
-of a -35 dBFS caller with the agent's echo at -20 dB: 2 of 12 utterances went
-unanswered without it and none with it.
+noisy line gets none). Measured over the simulated phone line, three calls of a
+-35 dBFS caller with the agent's echo at -20 dB: 2 of 12 utterances went unanswered
+without it and none with it.
+
+While the agent's audio plays (and for :data:`ECHO_HOLD_S` after), what the model
+hears includes what is left of the agent's echo, and a raised echo is a false
+barge-in. So the gain is then at most what the echo canceller allows for each frame
+(:meth:`processors.echo.EchoCanceller.headroom_db`): as far as keeps the echo's
+measured residue under its ceiling, and nothing where echo may have passed
+uncancelled. Such a frame alone does not drop the window's gain, two within five
+frames do (:meth:`PhoneSileroVADAnalyzer._window_headroom_db`). Without a canceller
+there is no gain while the agent plays.
 """
 
 from __future__ import annotations
@@ -85,6 +92,9 @@ PEAK_FALL_DB_PER_S = 2.0
 FLOOR_RISE_DB_PER_S = 1.0
 #: No gain for this long after the agent's audio stopped playing (its echo's tail), in s.
 ECHO_HOLD_S = 0.5
+#: Frames (20 ms) over which frames the echo canceller could not vouch for are counted
+#: (:meth:`PhoneSileroVADAnalyzer._window_headroom_db`).
+ECHO_FRAMES = 5
 
 _lock = threading.Lock()
 _session: onnxruntime.InferenceSession | None = None
@@ -256,7 +266,8 @@ class LevelNormalizer:
         max_gain_db: The most the gain may be, in dB (0 turns it off).
         window_s: Duration of one window, in s (32 ms for Silero).
         agent_playing: Whether the agent's audio is playing at the caller (the call's
-            playout tracker); the gain is 0 dB then and for :data:`ECHO_HOLD_S` after.
+            playout tracker); the gain is at most the window's echo headroom then and
+            for :data:`ECHO_HOLD_S` after (see :meth:`gain`).
     """
 
     def __init__(self, max_gain_db: float, window_s: float, agent_playing: Callable[[], bool] | None = None):
@@ -269,11 +280,14 @@ class LevelNormalizer:
         self._played_at = -math.inf  # time.monotonic() the agent's audio was last seen playing
         self.gain_db = 0.0  # the last window's gain
 
-    def gain(self, window: np.ndarray) -> float:
+    def gain(self, window: np.ndarray, echo_headroom_db: float = 0.0) -> float:
         """Track the levels with one window and return its linear gain (1.0: none).
 
         Args:
             window: The window's samples (int16 scale, any float or int dtype).
+            echo_headroom_db: The most the window may be raised while the agent plays,
+                in dB: how far the echo canceller's residue allows
+                (:meth:`processors.echo.EchoCanceller.headroom_db`); 0: none.
         """
         if self._max_gain_db <= 0:  # turned off: nothing to track
             return 1.0
@@ -288,7 +302,7 @@ class LevelNormalizer:
             if self._agent_playing():
                 self._played_at = now
             if now - self._played_at < ECHO_HOLD_S:
-                gain_db = 0.0
+                gain_db = min(gain_db, echo_headroom_db)
         self.gain_db = max(0.0, gain_db)
         return 10 ** (self.gain_db / 20) if self.gain_db > 0 else 1.0
 
@@ -301,7 +315,10 @@ class PhoneSileroVADAnalyzer(SileroVADAnalyzer):
         params: VAD thresholds and timings.
         max_gain_db: Most a quiet caller is raised for the model, in dB
             (:class:`LevelNormalizer`; 0: never).
-        agent_playing: Whether the agent's audio is playing (no gain then).
+        agent_playing: Whether the agent's audio is playing (gain limited then).
+        echo_headroom_db: The call's :meth:`processors.echo.EchoCanceller.headroom_db`:
+            for the audio of each frame given to :meth:`analyze_audio`, how far it may be
+            raised while the agent plays, in dB. None: not at all.
     """
 
     def __init__(
@@ -311,6 +328,7 @@ class PhoneSileroVADAnalyzer(SileroVADAnalyzer):
         params: VADParams | None = None,
         max_gain_db: float = 24.0,
         agent_playing: Callable[[], bool] | None = None,
+        echo_headroom_db: Callable[[bytes], float] | None = None,
     ):
         # SileroVADAnalyzer.__init__ would load a session of its own: take the shared one.
         VADAnalyzer.__init__(self, sample_rate=sample_rate, params=params)
@@ -320,6 +338,9 @@ class PhoneSileroVADAnalyzer(SileroVADAnalyzer):
         self._low_confidence_windows = 0
         self._upsampler: StreamResampler | None = None
         self._scores: deque[float] = deque()  # confidences of windows batched ahead
+        self._echo_headroom_db = echo_headroom_db
+        # Echo headroom of the last frames (dB; 0: echo may have passed uncancelled).
+        self._frame_headroom: deque[float] = deque(maxlen=ECHO_FRAMES)
 
     async def analyze_audio(self, buffer: bytes) -> VADState:
         """Score ``buffer`` (16-bit PCM at the input rate) with the loop's batcher.
@@ -334,6 +355,8 @@ class PhoneSileroVADAnalyzer(SileroVADAnalyzer):
         Returns:
             The VAD state after this audio.
         """
+        if self._echo_headroom_db is not None:
+            self._frame_headroom.append(self._echo_headroom_db(buffer))
         size = self._vad_frames_num_bytes
         complete = (len(self._vad_buffer) + len(buffer)) // size
         if complete:
@@ -398,6 +421,21 @@ class PhoneSileroVADAnalyzer(SileroVADAnalyzer):
         self._maybe_reset_model(confidence)
         return confidence
 
+    def _window_headroom_db(self) -> float:
+        """How far the latest window may be raised while the agent plays, in dB.
+
+        The least headroom of the frames it spans (up to three 20 ms frames), leaving
+        out one frame without headroom among the last :data:`ECHO_FRAMES`: an echo
+        raised for one frame in five cannot keep Silero over its threshold for a
+        barge-in's start time (0.3 s), while dropping the gain for that one window
+        would restart the start time of a quiet caller talking over the agent. Two
+        or more such frames: none.
+        """
+        recent = list(self._frame_headroom)
+        if not recent or sum(1 for h in recent if h <= 0.0) > 1:
+            return 0.0
+        return min((h for h in recent[-3:] if h > 0.0), default=0.0)
+
     def _model_input(self, buffer: bytes) -> np.ndarray | None:
         """One window as the model takes it: 512 float32 samples at 16 kHz, or None.
 
@@ -409,7 +447,7 @@ class PhoneSileroVADAnalyzer(SileroVADAnalyzer):
         """
         raw = bytes(buffer)
         samples = np.frombuffer(raw, np.int16)
-        gain = self._levels.gain(samples)
+        gain = self._levels.gain(samples, self._window_headroom_db())
         if self._upsampler is not None:
             audio = (self._upsampler.process_float(raw) / 32768.0).astype(np.float32)
         else:

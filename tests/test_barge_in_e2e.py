@@ -86,7 +86,7 @@ async def test_talking_over_the_agent_stops_it_and_everyone_knows_what_was_heard
     "behaviour",
     [
         CallerBehaviour(echo_db=-20),
-        CallerBehaviour(speech_dbfs=-35, echo_db=-20),  # raised for Silero, but not while the agent plays
+        CallerBehaviour(speech_dbfs=-35, echo_db=-20),  # raised for Silero, its echo's residue too
         CallerBehaviour(backchannel_ms=250),
     ],
     ids=["own-echo-at-minus-20dB", "quiet-caller-own-echo", "250ms-backchannel"],

@@ -213,20 +213,46 @@ def test_a_quiet_caller_is_heard():
     assert not all(heard(_speech_starts(unraised, line)))  # "ask not what your country..."
 
 
-def test_no_gain_while_the_agent_plays_so_its_echo_is_not_raised():
-    """While the agent's audio plays the model scores exactly what it would with no gain."""
+def test_while_the_agent_plays_the_gain_is_what_the_echo_canceller_allows():
+    """While the agent's audio plays, each frame is raised at most as far as the echo
+    canceller's headroom for it allows: none without a canceller or with no headroom."""
     line, _ = _quiet_line()
-    window = 512  # bytes: 32 ms at 8 kHz
+    frame = 320  # bytes: 20 ms at 8 kHz, as the transport delivers them
 
-    def scores(analyzer) -> list[float]:
+    def gains(analyzer) -> list[float]:
+        """The gain of the latest window after each frame, in dB."""
         analyzer.set_sample_rate(8000)
-        return [analyzer.voice_confidence(line[i : i + window]) for i in range(0, len(line) - window, window)]
 
-    unraised = scores(PhoneSileroVADAnalyzer(params=VADParams(**PARAMS), max_gain_db=0))
-    playing = scores(PhoneSileroVADAnalyzer(params=VADParams(**PARAMS), agent_playing=lambda: True))
-    raised = scores(PhoneSileroVADAnalyzer(params=VADParams(**PARAMS), agent_playing=lambda: False))
-    assert playing == unraised
-    assert raised != unraised  # each analyzer scores the line once, from a fresh state
+        async def run() -> list[float]:
+            seen = []
+            for i in range(0, len(line) - frame, frame):
+                await analyzer.analyze_audio(line[i : i + frame])
+                seen.append(analyzer._levels.gain_db)
+            return seen
+
+        return asyncio.run(run())
+
+    def playing(headroom=None) -> PhoneSileroVADAnalyzer:
+        """An analyzer while the agent plays; ``headroom(audio)``: the canceller's."""
+        return PhoneSileroVADAnalyzer(params=VADParams(**PARAMS), agent_playing=lambda: True,
+                                      echo_headroom_db=headroom)
+
+    silent = PhoneSileroVADAnalyzer(params=VADParams(**PARAMS), agent_playing=lambda: False)
+    raised = gains(silent)
+    assert max(raised) > 12  # a quiet caller, raised when the agent is silent
+    assert max(gains(playing())) == 0.0
+    assert max(gains(playing(lambda audio: 0.0))) == 0.0
+    assert gains(playing(lambda audio: 60.0)) == raised
+    capped = gains(playing(lambda audio: 6.0))
+    assert max(capped) == 6.0 and capped == [min(g, 6.0) for g in raised]
+    # A frame without headroom (echo may have passed uncancelled) alone does not
+    # drop the gain; two within five frames hold the windows they touch at 0 dB.
+    k = next(i for i, gain in enumerate(raised) if i > 300 and gain > 12)
+    first, second = line[k * frame : (k + 1) * frame], line[(k + 1) * frame : (k + 2) * frame]
+    assert gains(playing(lambda audio: 0.0 if audio == first else 60.0)) == raised
+    two = gains(playing(lambda audio: 0.0 if audio in (first, second) else 60.0))
+    assert 0.0 in two[k : k + 3]
+    assert two[: k + 1] == raised[: k + 1] and two[k + 7 :] == raised[k + 7 :]
 
 
 def test_line_noise_is_not_raised_into_speech():
