@@ -51,7 +51,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from processors.barge_in import MARK_MS, PlayoutTracker
 
-__all__ = ["EchoCanceller", "RESIDUE_CEILING_DBFS"]
+__all__ = ["EchoCanceller", "RESIDUE_CEILING_DBFS", "energy_dbfs"]
 
 #: The agent's echo residue is never raised above this for the VAD, in dBFS: the same
 #: ceiling as the line's noise (:data:`processors.vad.NOISE_CEILING_DBFS`). Silero
@@ -71,8 +71,11 @@ CALLER_OVER_ECHO = 2.0
 HEADROOM_FRAMES = 50
 
 
-def _dbfs(energy: float, samples: int) -> float:
-    """RMS level of 16-bit audio with sum of squares ``energy`` over ``samples``, in dBFS."""
+def energy_dbfs(energy: float, samples: int) -> float:
+    """RMS level of 16-bit audio with sum of squares ``energy`` over ``samples``, in dBFS.
+
+    Silence gives -120 dBFS, not -inf (the levels are compared and tracked).
+    """
     return 10 * math.log10(energy / max(1, samples) / 32768**2 + 1e-12)
 
 
@@ -239,17 +242,16 @@ class EchoCanceller(FrameProcessor):
         ncc = corr / np.sqrt(np.maximum(ref_energy, 1.0) * energy)
         best = int(np.argmax(ncc))
         self._track = start + best if ncc[best] >= self._presence else None
-        if ncc[best] >= self._echo_only:  # echo alone: its delay is sure
+        if ncc[best] >= self._echo_only:  # echo alone: its delay and gain are sure
             self._held, self._held_for = self._track, 0
+            gain = corr[best] / max(ref_energy[best], 1.0)
+            self._gain = gain if self._gain is None else 0.7 * self._gain + 0.3 * gain
         elif self._track is None and self._held is not None and self._gain is not None:
             # No match, but one was found within the last hold_ms: the path has not
             # moved, so keep its delay (the caller may be talking over the echo).
             residual = self._cancel_at(reply, self._held, x, len(window), played)
             if residual is not None:
                 return True, residual
-        if ncc[best] >= self._echo_only:
-            gain = corr[best] / max(ref_energy[best], 1.0)
-            self._gain = gain if self._gain is None else 0.7 * self._gain + 0.3 * gain
         if self._gain is None:
             return False, None
         if ncc[best] < self._presence:
@@ -257,12 +259,12 @@ class EchoCanceller(FrameProcessor):
             # louder than the residue already allowed for, or if the caller's own
             # voice is well above it (raised, it is raised above that echo too).
             loudest = self._gain**2 * float(ref_energy.max())
-            quiet = self._residue_db is not None and _dbfs(loudest, len(window)) <= self._residue_db
+            quiet = self._residue_db is not None and energy_dbfs(loudest, len(window)) <= self._residue_db
             return quiet or energy >= CALLER_OVER_ECHO * loudest, None
         echo = ref[best + len(window) - len(x) : best + len(window)] * self._gain
         residual = np.clip(np.rint(x - echo), -32768, 32767)
         if ncc[best] >= RESIDUE_NCC:  # echo alone: what is left of it is its residue
-            level = _dbfs(float(residual @ residual), len(residual))
+            level = energy_dbfs(float(residual @ residual), len(residual))
             fall = RESIDUE_FALL_DB_PER_S * len(x) / frame.sample_rate
             self._residue_db = level if self._residue_db is None else max(level, self._residue_db - fall)
         return True, residual.astype("<i2").tobytes()

@@ -69,6 +69,7 @@ from loguru import logger
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
 
+from processors.echo import energy_dbfs
 from processors.resampler import StreamResampler
 
 __all__ = ["LevelNormalizer", "PhoneSileroVADAnalyzer", "SileroBatcher", "shared_silero_session"]
@@ -90,7 +91,8 @@ NOISE_CEILING_DBFS = -40.0
 #: How fast the tracked speech peak falls in silence, and the noise floor rises, in dB/s.
 PEAK_FALL_DB_PER_S = 2.0
 FLOOR_RISE_DB_PER_S = 1.0
-#: No gain for this long after the agent's audio stopped playing (its echo's tail), in s.
+#: For this long after the agent's audio stopped playing (its echo's tail), in s, the
+#: gain stays at most the echo canceller's headroom, as while it plays.
 ECHO_HOLD_S = 0.5
 #: Frames (20 ms) over which frames the echo canceller could not vouch for are counted
 #: (:meth:`PhoneSileroVADAnalyzer._window_headroom_db`).
@@ -292,8 +294,7 @@ class LevelNormalizer:
         if self._max_gain_db <= 0:  # turned off: nothing to track
             return 1.0
         samples = window.astype(np.float32, copy=False)
-        energy = float(samples @ samples) / max(1, len(samples))
-        level_db = 10 * math.log10(energy / 32768**2 + 1e-12)
+        level_db = energy_dbfs(float(samples @ samples), len(samples))
         self._peak_db = level_db if level_db > self._peak_db else self._peak_db - self._fall_db
         self._floor_db = level_db if level_db < self._floor_db else self._floor_db + self._rise_db
         gain_db = min(TARGET_PEAK_DBFS - self._peak_db, self._max_gain_db, NOISE_CEILING_DBFS - self._floor_db)

@@ -21,7 +21,7 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.tests.utils import SleepFrame, run_test
 
-from offline.caller import load_wav_8k
+from offline.caller import frame_dbfs, load_wav_8k
 from processors.barge_in import PlayoutTracker
 from processors.echo import RESIDUE_CEILING_DBFS, EchoCanceller
 from processors.g711 import ulaw_decode, ulaw_encode
@@ -32,8 +32,7 @@ DELAY = 800  # samples: the echo path's 100 ms
 
 
 def _dbfs(pcm: bytes) -> float:
-    x = np.frombuffer(pcm, np.int16).astype(np.float64)
-    return 10 * np.log10(float(x @ x) / max(1, len(x)) / 32768**2 + 1e-12)
+    return frame_dbfs(np.frombuffer(pcm, np.int16))
 
 
 def _mu_law(pcm: np.ndarray) -> np.ndarray:
