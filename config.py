@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     GEMINI_MODEL: str = "models/gemini-2.5-flash-native-audio-preview-09-2025"
     LOCAL_AGENT_BASE_URL: str | None = None  # an already running offline agent; else one is started
     LOCAL_AGENT_DELAY_MS: int = Field(default=0, ge=0)
+    # The offline agent's reply goes on this long after a response.cancel (audio in flight), ms.
+    LOCAL_AGENT_CANCEL_LAG_MS: int = Field(default=0, ge=0)
     # A model silent this long while a response is owed is treated as dropped (OpenAI Realtime).
     MODEL_STALL_SECS: float = Field(default=5.0, gt=0)
     LOCAL_AGENT_EVENT_LOG: str | None = None  # JSON lines of what the offline agent received

@@ -86,6 +86,7 @@ class Resources:
             agent = OfflineRealtimeServer(
                 response_delay_ms=settings.LOCAL_AGENT_DELAY_MS,
                 event_log=settings.LOCAL_AGENT_EVENT_LOG,
+                cancel_lag_ms=settings.LOCAL_AGENT_CANCEL_LAG_MS,
             )
             await agent.start()
             resources._local_agent = agent

@@ -40,8 +40,8 @@ at ``pace`` times real time, so that a ``response.cancel`` or a barge-in can
 stop a reply part way, as with the real service.
 
 Run it standalone with ``python -m offline.realtime_server --port 8765``
-(environment: ``OFFLINE_AGENT_DELAY_MS``, default 0, and ``OFFLINE_AGENT_PACE``,
-default 3.0).
+(environment: ``OFFLINE_AGENT_DELAY_MS``, default 0, ``OFFLINE_AGENT_PACE``,
+default 3.0, and ``OFFLINE_AGENT_CANCEL_LAG_MS``, default 0).
 """
 
 import argparse
@@ -554,6 +554,10 @@ class _Call:
         self._start_reply()
 
     async def _on_response_cancel(self, event: dict) -> None:
+        if self.server.cancel_lag_ms:
+            # What the real service sent before the cancel reached it is still on its
+            # way: the reply goes on this long, and the events after it wait behind it.
+            await asyncio.sleep(self.server.cancel_lag_ms / 1000)
         if self.reply:
             await self._stop_reply(reason="client_cancelled")
             return
@@ -761,6 +765,7 @@ class OfflineRealtimeServer:
         pace: How many times faster than real time reply audio is sent after
             its first delta; 0 sends it as fast as possible.
         voice: espeak-ng voice for the agent.
+        cancel_lag_ms: How long a reply goes on after its ``response.cancel``, in ms.
     """
 
     def __init__(
@@ -772,6 +777,7 @@ class OfflineRealtimeServer:
         response_delay_ms: int = 0,
         pace: float = 3.0,
         voice: str = "en-us",
+        cancel_lag_ms: int = 0,
     ) -> None:
         """Configure the server; nothing runs until :meth:`start`.
 
@@ -783,6 +789,9 @@ class OfflineRealtimeServer:
             response_delay_ms: Model latency stand-in before reply audio, in ms.
             pace: Reply audio send speed as a multiple of real time; 0 = unpaced.
             voice: espeak-ng voice for the agent.
+            cancel_lag_ms: How long a reply goes on after its ``response.cancel`` is
+                received, in ms: the audio a real service sent before the cancel
+                reached it, still in flight (0: none).
         """
         self.host = host
         self.port = port
@@ -790,6 +799,7 @@ class OfflineRealtimeServer:
         self.response_delay_ms = response_delay_ms
         self.pace = pace
         self.voice = voice
+        self.cancel_lag_ms = cancel_lag_ms
         self.received: list[dict] = []
         self._log = ReceivedLog(self.received)
         self._lines: dict[str, bytes] = {}
@@ -906,6 +916,7 @@ async def _serve_forever(args: argparse.Namespace) -> None:
         event_log=args.event_log,
         response_delay_ms=int(os.environ.get("OFFLINE_AGENT_DELAY_MS", "0")),
         pace=float(os.environ.get("OFFLINE_AGENT_PACE", "3.0")),
+        cancel_lag_ms=int(os.environ.get("OFFLINE_AGENT_CANCEL_LAG_MS", "0")),
     )
     await server.start()
     stop = asyncio.Event()

@@ -27,6 +27,17 @@ formats: platform.openai.com/docs/api-reference/realtime-client-events
 (``session.update``: ``audio.input.format``: ``audio/pcm`` at 24000 Hz, ``audio/pcmu``,
 ``audio/pcma``).
 
+And no audio of a cancelled response after the barge-in. The service sends
+``response.cancel`` when the caller interrupts, but what the model sent before the
+cancel reached it is still on its way. Pipecat treats a delta arriving after the
+interruption as the first of a new reply (``TTSStartedFrame``), so a piece of the reply
+the caller has just cut off went to Twilio after its ``clear``. Here every delta of a
+response that was running at the interruption is dropped, up to its ``response.done``.
+Each server event names its ``response_id``; source:
+platform.openai.com/docs/api-reference/realtime-server-events
+(``response.output_audio.delta``, ``response.output_audio_transcript.delta``,
+``response.done`` with ``status`` ``cancelled``).
+
 And a stall watchdog: a model whose socket stays open but which says nothing while a
 response is owed (``response.create`` sent, no ``response.done`` yet) for
 ``stall_secs`` is reported as an error, which the call treats like a dropped socket
@@ -115,10 +126,21 @@ class PlayoutAwareOpenAIRealtimeLLMService(ProbedRealtimeMixin, G711CallerAudioM
         self._stall_secs = stall_secs
         self._owed_since: float | None = None  # a response is owed; last sign of life, monotonic s
         self._watchdog: asyncio.Task | None = None
+        self._running_response: str | None = None  # id of the response being generated
+        self._cancel_next_response = False  # interrupted between response.create and .created
+        self._cancelled_responses: set[str] = set()  # cut off by a barge-in, not yet done
+        self._late_deltas_dropped = 0
+
+    @property
+    def late_deltas_dropped(self) -> int:
+        """Deltas of cancelled responses that arrived after the barge-in and were dropped."""
+        return self._late_deltas_dropped
 
     async def _connect(self):
         await super()._connect()
         self._owed_since = None
+        self._running_response = None  # a new session: nothing of the old one will arrive
+        self._cancel_next_response = False
         if self._websocket is not None:
             self._websocket = _Heartbeat(self._websocket, self._alive)
             if self._stall_secs and self._watchdog is None:
@@ -141,9 +163,43 @@ class PlayoutAwareOpenAIRealtimeLLMService(ProbedRealtimeMixin, G711CallerAudioM
             self._owed_since = time.monotonic()
         await super().send_client_event(event)
 
+    async def _handle_evt_response_created(self, evt):
+        self._running_response = evt.response.id
+        if self._cancel_next_response:
+            self._cancel_next_response = False
+            self._cancelled_responses.add(evt.response.id)
+        await super()._handle_evt_response_created(evt)
+
     async def _handle_evt_response_done(self, evt):
         self._owed_since = None
+        self._cancelled_responses.discard(evt.response.id)
+        if self._running_response == evt.response.id:
+            self._running_response = None
         await super()._handle_evt_response_done(evt)
+
+    async def _handle_interruption(self):
+        """The caller barged in: whatever response is running is cancelled, its late deltas too."""
+        if self._running_response is not None:
+            self._cancelled_responses.add(self._running_response)
+        elif self._response_active:  # response.create sent, response.created not yet here
+            self._cancel_next_response = True
+        await super()._handle_interruption()
+
+    def _is_late(self, evt) -> bool:
+        if evt.response_id not in self._cancelled_responses:
+            return False
+        self._late_deltas_dropped += 1
+        if self._late_deltas_dropped == 1 or self._late_deltas_dropped % 50 == 0:
+            logger.debug(f"{self}: dropped a delta of cancelled {evt.response_id} ({self._late_deltas_dropped} so far)")
+        return True
+
+    async def _handle_evt_audio_transcript_delta(self, evt):
+        if not self._is_late(evt):
+            await super()._handle_evt_audio_transcript_delta(evt)
+
+    async def _handle_evt_text_delta(self, evt):
+        if not self._is_late(evt):
+            await super()._handle_evt_text_delta(evt)
 
     async def _watch_for_stalls(self, stall_secs: float) -> None:
         while True:
@@ -178,6 +234,8 @@ class PlayoutAwareOpenAIRealtimeLLMService(ProbedRealtimeMixin, G711CallerAudioM
         return self._websocket is not None
 
     async def _handle_evt_audio_delta(self, evt):
+        if self._is_late(evt):
+            return
         await super()._handle_evt_audio_delta(evt)
         self._unplayed_response = self._current_audio_response
 

@@ -18,12 +18,23 @@ from tests.support import AUDIO, TOKEN, running_server
 GREETING_END = "How can I help you today?"
 
 
+#: The agent's audio still in flight when its response.cancel reaches it, in ms of call
+#: time (the offline agent sends at 3x real time: 450 ms of audio), as from a real model.
+CANCEL_LAG_MS = 150
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The real server with the offline agent logging what it receives."""
+    """The real server with the offline agent logging what it receives.
+
+    The offline agent's replies go on for :data:`CANCEL_LAG_MS` after a cancel, so every
+    barge-in meets audio of the cut-off reply arriving after Twilio's ``clear``.
+    """
     tmp = tmp_path_factory.mktemp("barge-in")
     events = tmp / "agent-events.jsonl"
-    with running_server(tmp, LOCAL_AGENT_EVENT_LOG=str(events)) as (url, log):
+    with running_server(
+        tmp, LOCAL_AGENT_EVENT_LOG=str(events), LOCAL_AGENT_CANCEL_LAG_MS=str(CANCEL_LAG_MS)
+    ) as (url, log):
         yield url, log, events
 
 
