@@ -611,6 +611,10 @@ class _Session:
 
     async def _barge_in(self) -> None:
         """The caller started speaking: stop a reply, cancel an outstanding tool call."""
+        if self.reply is not None and self.server.interrupt_lag_ms:
+            # What the real service sent before the activityStart reached it is still
+            # on its way: the reply goes on this long, later messages wait behind it.
+            await asyncio.sleep(self.server.interrupt_lag_ms / 1000)
         if self.reply is not None:
             logger.info(f"Barge-in: interrupting {self.reply.id}")
             await self._stop_reply(send=True)
@@ -784,6 +788,7 @@ class OfflineGeminiLiveServer:
         max_session_s: Age in seconds at which a connection gets ``goAway`` and
             is closed; None for no limit.
         voice: espeak-ng voice of the agent.
+        interrupt_lag_ms: How long a reply goes on after a barge-in's ``activityStart``, in ms.
     """
 
     def __init__(
@@ -797,6 +802,7 @@ class OfflineGeminiLiveServer:
         max_session_s: float | None = None,
         cert_dir: str | None = None,
         voice: str = "en-us",
+        interrupt_lag_ms: int = 0,
     ) -> None:
         """Configure the server; nothing runs until :meth:`start`.
 
@@ -813,9 +819,13 @@ class OfflineGeminiLiveServer:
                 folder (removed by :meth:`stop`) if None. An existing
                 ``cert.pem``/``key.pem`` pair there is reused.
             voice: espeak-ng voice for the agent.
+            interrupt_lag_ms: How long a reply goes on after the ``activityStart``
+                that interrupts it is received, in ms: the audio a real service sent
+                before that message reached it, still in flight (0: none).
         """
         self.host = host
         self.port = port
+        self.interrupt_lag_ms = interrupt_lag_ms
         self.response_delay_ms = response_delay_ms
         self.pace = pace
         self.event_log = event_log

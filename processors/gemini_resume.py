@@ -10,6 +10,18 @@ so the rest of the turn and its ``activityEnd`` fall outside any activity window
 the turn goes unanswered. This subclass re-opens the window on the new session
 (``activityStart`` plus the recent audio Pipecat keeps as pre-roll) when the caller is
 mid-turn, so a session limit costs the caller nothing.
+
+It also drops what is left of a reply the caller cut off. At a barge-in Pipecat stops
+the reply locally and sends ``activityStart``; the model stops when that reaches it,
+and says so with ``serverContent.interrupted``. The reply's audio sent before then is
+still on its way, and Pipecat took its first chunk for the start of a new reply: a
+piece of what the caller had just interrupted reached Twilio after its ``clear``, and
+the server's ``interrupted`` then interrupted the caller's own turn, which went
+unanswered. Here the cut-off reply's ``modelTurn`` and output transcription are
+dropped until the server's ``interrupted`` or ``turnComplete`` closes it, or the
+caller's turn ends.
+Source: ai.google.dev/api/live (``BidiGenerateContentServerContent``: ``interrupted``,
+``turnComplete``; ``ActivityHandling.START_OF_ACTIVITY_INTERRUPTS``, the default).
 """
 
 from __future__ import annotations
@@ -23,9 +35,60 @@ __all__ = ["ResumingGeminiLiveLLMService"]
 
 
 class ResumingGeminiLiveLLMService(GeminiLiveLLMService):
-    """GeminiLiveLLMService whose caller turn survives a session change."""
+    """GeminiLiveLLMService whose caller turn survives a session change.
+
+    And which drops the rest of a reply a barge-in cut off (see the module docstring).
+    """
+
+    def __init__(self, *args, **kwargs):
+        """Same arguments as ``GeminiLiveLLMService``."""
+        super().__init__(*args, **kwargs)
+        self._turn_open = False  # this session's model turn has begun and not closed
+        self._cut_off_turn = False  # the model's turn was interrupted here, not yet there
+        self._late_parts_dropped = 0
+
+    @property
+    def late_parts_dropped(self) -> int:
+        """Messages of cut-off replies that arrived after the barge-in and were dropped."""
+        return self._late_parts_dropped
+
+    async def _handle_interruption(self):
+        if self._turn_open:
+            self._cut_off_turn = True
+        await super()._handle_interruption()
+
+    async def _handle_user_stopped_speaking(self, frame):
+        # The caller's turn is over (activityEnd): what comes next answers it. What was in
+        # flight at the barge-in has long arrived (a turn lasts BARGE_IN_MIN_SECS and more).
+        self._turn_open = self._cut_off_turn = False
+        await super()._handle_user_stopped_speaking(frame)
+
+    async def _handle_server_message(self, message):
+        content = message.server_content
+        closes_turn = bool(content and (content.interrupted or content.turn_complete))
+        await super()._handle_server_message(message)
+        if closes_turn:
+            self._turn_open = self._cut_off_turn = False
+
+    def _is_late(self) -> bool:
+        if not self._cut_off_turn:
+            return False
+        self._late_parts_dropped += 1
+        if self._late_parts_dropped == 1 or self._late_parts_dropped % 50 == 0:
+            logger.debug(f"{self}: dropped the rest of a cut-off reply ({self._late_parts_dropped} so far)")
+        return True
+
+    async def _handle_msg_model_turn(self, message):
+        if not self._is_late():
+            self._turn_open = True
+            await super()._handle_msg_model_turn(message)
+
+    async def _handle_msg_output_transcription(self, message):
+        if not self._is_late():
+            await super()._handle_msg_output_transcription(message)
 
     async def _handle_session_ready(self, session):
+        self._turn_open = self._cut_off_turn = False  # a new session: nothing of the old one will arrive
         await super()._handle_session_ready(session)
         if self._user_is_speaking and self._vad_disabled and self._ready_for_realtime_input:
             logger.info(f"{self}: new session mid-turn: re-opening the caller's activity window")
