@@ -33,6 +33,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from loguru import logger
 from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
@@ -50,7 +51,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from records import utc_now
 
-__all__ = ["FRAME_MS", "MARK_MS", "PlayoutTracker", "Reply", "heard_text"]
+__all__ = ["FRAME_MS", "MARK_MS", "PlayoutTracker", "Reply", "heard_text", "log_late_drop"]
 
 #: Twilio's media frame: the size of each audio frame we send, in milliseconds.
 FRAME_MS = 20
@@ -144,6 +145,19 @@ def heard_text(text: str, played_ms: float, total_ms: float) -> str:
     if cut < len(text) and not text[cut].isspace() and not _unspaced(text[:cut]):
         cut = text.rfind(" ", 0, cut) + 1 if " " in text[:cut] else 0
     return text[:cut].strip()
+
+
+def log_late_drop(service: object, dropped: int) -> None:
+    """Log that a model service dropped audio or text of a reply a barge-in cut off.
+
+    Logs the first and every 50th, so a long tail costs no log line per message.
+
+    Args:
+        service: The service that dropped it (named in the line).
+        dropped: How many it has dropped in the call so far, this one included.
+    """
+    if dropped == 1 or dropped % 50 == 0:
+        logger.debug(f"{service}: dropped the rest of a cut-off reply ({dropped} so far)")
 
 
 def _unspaced(text: str) -> bool:

@@ -31,6 +31,8 @@ from loguru import logger
 
 from pipecat.services.google.gemini_live.llm import GeminiLiveLLMService
 
+from processors.barge_in import log_late_drop
+
 __all__ = ["ResumingGeminiLiveLLMService"]
 
 
@@ -74,8 +76,7 @@ class ResumingGeminiLiveLLMService(GeminiLiveLLMService):
         if not self._cut_off_turn:
             return False
         self._late_parts_dropped += 1
-        if self._late_parts_dropped == 1 or self._late_parts_dropped % 50 == 0:
-            logger.debug(f"{self}: dropped the rest of a cut-off reply ({self._late_parts_dropped} so far)")
+        log_late_drop(self, self._late_parts_dropped)
         return True
 
     async def _handle_msg_model_turn(self, message):

@@ -57,7 +57,7 @@ from pipecat.services.openai.realtime import events
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
 
 from diagnostics import ProbedRealtimeMixin
-from processors.barge_in import PlayoutTracker
+from processors.barge_in import PlayoutTracker, log_late_drop
 from processors.g711 import ulaw_encode
 
 __all__ = ["G711CallerAudioMixin", "PlayoutAwareOpenAIRealtimeLLMService"]
@@ -189,8 +189,7 @@ class PlayoutAwareOpenAIRealtimeLLMService(ProbedRealtimeMixin, G711CallerAudioM
         if evt.response_id not in self._cancelled_responses:
             return False
         self._late_deltas_dropped += 1
-        if self._late_deltas_dropped == 1 or self._late_deltas_dropped % 50 == 0:
-            logger.debug(f"{self}: dropped a delta of cancelled {evt.response_id} ({self._late_deltas_dropped} so far)")
+        log_late_drop(self, self._late_deltas_dropped)
         return True
 
     async def _handle_evt_audio_transcript_delta(self, evt):
