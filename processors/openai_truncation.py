@@ -181,7 +181,9 @@ class PlayoutAwareOpenAIRealtimeLLMService(ProbedRealtimeMixin, G711CallerAudioM
         """The caller barged in: whatever response is running is cancelled, its late deltas too."""
         if self._running_response is not None:
             self._cancelled_responses.add(self._running_response)
-        elif self._response_active:  # response.create sent, response.created not yet here
+        elif self._response_active and self._is_turn_detection_disabled():
+            # response.create sent, response.created not yet here: our response.cancel
+            # follows the create, so the server cancels the response it creates.
             self._cancel_next_response = True
         await super()._handle_interruption()
 
