@@ -47,12 +47,12 @@ class ResumingGeminiLiveLLMService(GeminiLiveLLMService):
         super().__init__(*args, **kwargs)
         self._turn_open = False  # this session's model turn has begun and not closed
         self._cut_off_turn = False  # the model's turn was interrupted here, not yet there
-        self._late_parts_dropped = 0
+        self._late_parts_dropped = 0  # for the log
 
-    @property
-    def late_parts_dropped(self) -> int:
-        """Messages of cut-off replies that arrived after the barge-in and were dropped."""
-        return self._late_parts_dropped
+    def _forget_turn(self) -> None:
+        """No model turn is open any more: the server closed it, the caller's turn is
+        over, or a new session began."""
+        self._turn_open = self._cut_off_turn = False
 
     async def _handle_interruption(self):
         if self._turn_open:
@@ -62,7 +62,7 @@ class ResumingGeminiLiveLLMService(GeminiLiveLLMService):
     async def _handle_user_stopped_speaking(self, frame):
         # The caller's turn is over (activityEnd): what comes next answers it. What was in
         # flight at the barge-in has long arrived (a turn lasts BARGE_IN_MIN_SECS and more).
-        self._turn_open = self._cut_off_turn = False
+        self._forget_turn()
         await super()._handle_user_stopped_speaking(frame)
 
     async def _handle_server_message(self, message):
@@ -70,7 +70,7 @@ class ResumingGeminiLiveLLMService(GeminiLiveLLMService):
         closes_turn = bool(content and (content.interrupted or content.turn_complete))
         await super()._handle_server_message(message)
         if closes_turn:
-            self._turn_open = self._cut_off_turn = False
+            self._forget_turn()
 
     def _is_late(self) -> bool:
         if not self._cut_off_turn:
@@ -89,7 +89,7 @@ class ResumingGeminiLiveLLMService(GeminiLiveLLMService):
             await super()._handle_msg_output_transcription(message)
 
     async def _handle_session_ready(self, session):
-        self._turn_open = self._cut_off_turn = False  # a new session: nothing of the old one will arrive
+        self._forget_turn()  # a new session: nothing of the old one will arrive
         await super()._handle_session_ready(session)
         if self._user_is_speaking and self._vad_disabled and self._ready_for_realtime_input:
             logger.info(f"{self}: new session mid-turn: re-opening the caller's activity window")

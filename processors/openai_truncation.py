@@ -129,12 +129,7 @@ class PlayoutAwareOpenAIRealtimeLLMService(ProbedRealtimeMixin, G711CallerAudioM
         self._running_response: str | None = None  # id of the response being generated
         self._cancel_next_response = False  # interrupted between response.create and .created
         self._cancelled_responses: set[str] = set()  # cut off by a barge-in, not yet done
-        self._late_deltas_dropped = 0
-
-    @property
-    def late_deltas_dropped(self) -> int:
-        """Deltas of cancelled responses that arrived after the barge-in and were dropped."""
-        return self._late_deltas_dropped
+        self._late_deltas_dropped = 0  # for the log
 
     async def _connect(self):
         await super()._connect()
